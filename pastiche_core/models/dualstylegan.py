@@ -1,0 +1,250 @@
+"""DualStyleGAN: a StyleGAN2 intrinsic path plus an extrinsic style path (Yang et al. 2022).
+
+The extrinsic code (the exemplar's w+) drives
+
+* **structure** layers (``res[0..res_index]``): ModRes blocks (:class:`AdaResBlock`) that add a
+  weighted residual to the coarse feature maps, styled by ``T_s(exstyle)`` (``self.style``);
+* **colour** layers (``res[res_index+1..n-1]``): affine maps ``T_c`` (:class:`~.ops.EqualLinear`)
+  whose output is blended with the intrinsic w in W space.
+
+Per-layer weights ``interp_weights[l]`` in [0, 1] set how much each layer follows the exemplar.
+Keys match the official ``generator.pt`` ``g_ema`` state dict.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import EqualConv2d, EqualLinear, FusedLeakyReLU, set_fast_path
+from .stylegan2 import Generator, NoiseSpec, map_rows, mapping_network
+
+# style_transfer.py / generate.py default --weight: structure 0.75 on layers 0-6, colour 1 on 7-17.
+DEFAULT_INTERP_WEIGHTS = (0.75,) * 7 + (1.0,) * 11
+
+
+def layer_weights(structure: float = 0.75, color: float = 1.0, n_latent: int = 18,
+                  n_structure: int = 7) -> list[float]:
+    """The paper's two-knob control as a per-layer vector: ``[structure]*7 + [color]*(n-7)``."""
+    return [float(structure)] * n_structure + [float(color)] * (n_latent - n_structure)
+
+
+class ConvLayer(nn.Sequential):
+    """3x3 equalised conv without bias, then bias + leaky ReLU (keys ``0.weight``, ``1.bias``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+        super().__init__(EqualConv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+                         FusedLeakyReLU(out_channels))
+
+
+class AdaptiveInstanceNorm(nn.Module):
+    """Instance norm (no affine, eps 1e-5) then ``gamma * x + beta``, ``[gamma | beta] = style(s)``
+    with a plain ``nn.Linear(D, 2C)`` (key ``style``)."""
+
+    def __init__(self, channels: int, style_dim: int = 512):
+        super().__init__()
+        self.style = nn.Linear(style_dim, channels * 2)
+        with torch.no_grad():
+            self.style.bias[:channels] = 1
+            self.style.bias[channels:] = 0
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.style(style)[:, :, None, None].chunk(2, 1)
+        return gamma * F.instance_norm(x, eps=1e-5) + beta
+
+
+class AdaResBlock(nn.Module):
+    """ModRes: ``x + w * conv2(AdaIN2(conv(AdaIN1(x, s)), s))``; ``x`` unchanged when w == 0."""
+
+    def __init__(self, channels: int, style_dim: int = 512):
+        super().__init__()
+        self.conv = ConvLayer(channels, channels)
+        self.conv2 = ConvLayer(channels, channels)
+        self.norm = AdaptiveInstanceNorm(channels, style_dim)
+        self.norm2 = AdaptiveInstanceNorm(channels, style_dim)
+        with torch.no_grad():  # residual ~0 at initialisation
+            self.conv[0].weight.mul_(0.01)
+            self.conv2[0].weight.mul_(0.01)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, weight) -> torch.Tensor:
+        """x ``[B, C, H, W]``, style ``[B, D]``, weight a float or ``[B]`` tensor."""
+        if isinstance(weight, (int, float)):
+            if weight == 0:
+                return x
+        elif not torch.any(weight != 0):
+            return x
+        else:
+            weight = weight.to(x)[:, None, None, None]
+        out = self.conv2(self.norm2(self.conv(self.norm(x, style)), style))
+        return x + weight * out
+
+
+class DualStyleGAN(nn.Module):
+    """``DualStyleGAN(size, style_dim=512, n_mlp=8, channel_multiplier=2, res_index=6)``.
+
+    Structure layers are latent entries ``0..res_index`` (rounded down to even), colour layers
+    the rest (``7..17`` at 1024, ``7..13`` at 256).
+    """
+
+    def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2,
+                 res_index: int = 6):
+        super().__init__()
+        if n_mlp <= 6:
+            raise ValueError("DualStyleGAN needs n_mlp > 6 (its extrinsic mapping has n_mlp - 6 layers)")
+        self.res_index = res_index // 2 * 2
+        self.style = mapping_network(n_mlp - 6, style_dim)
+        self.generator = Generator(size, style_dim, n_mlp, channel_multiplier)
+        self.size, self.style_dim, self.n_mlp = size, style_dim, n_mlp
+        self.channel_multiplier = channel_multiplier
+        self.n_latent = self.generator.n_latent
+        self.res = nn.ModuleList([AdaResBlock(self.generator.channels[4], style_dim)])
+        for i in range(3, self.generator.log_size + 1):
+            ch = self.generator.channels[2 ** i]
+            if i < 3 + self.res_index // 2:
+                self.res += [AdaResBlock(ch, style_dim), AdaResBlock(ch, style_dim)]
+            else:
+                self.res += [self._color_transform(style_dim), self._color_transform(style_dim)]
+        self.res.append(self._color_transform(style_dim))  # the last ToRGB's entry
+        assert len(self.res) == self.n_latent, (len(self.res), self.n_latent)
+
+    @staticmethod
+    def _color_transform(style_dim: int) -> EqualLinear:
+        """T_c for one colour layer, initialised to ~identity (the equalised scale is 1/sqrt(D))."""
+        lin = EqualLinear(style_dim, style_dim)
+        with torch.no_grad():
+            lin.weight.copy_(torch.eye(style_dim) * style_dim ** 0.5 + torch.randn(style_dim, style_dim) * 0.01)
+            lin.bias.zero_()
+        return lin
+
+    @property
+    def config(self) -> dict:
+        return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
+                "channel_multiplier": self.channel_multiplier, "res_index": self.res_index}
+
+    @property
+    def structure_layers(self) -> range:
+        return range(0, self.res_index + 1)
+
+    @property
+    def color_layers(self) -> range:
+        return range(self.res_index + 1, self.n_latent)
+
+    def use_fast_path(self, enabled: bool = True, channels_last: bool | None = None) -> "DualStyleGAN":
+        """See :meth:`Generator.use_fast_path`."""
+        set_fast_path(self, enabled)
+        self.generator.use_fast_path(enabled, channels_last)
+        return self
+
+    # -- codes -------------------------------------------------------------------------------
+    def map_exstyle(self, exstyle_z: torch.Tensor) -> torch.Tensor:
+        """Extrinsic z+ ``[B, n, D]`` (a style-bank entry) -> w+ through the intrinsic mapping
+        network, row by row (what style_transfer.py does before calling the generator)."""
+        return self.generator.mapping(exstyle_z)
+
+    def _interp_weights(self, weights, batch: int, like: torch.Tensor) -> list:
+        """Per-layer weights as a list of floats, or of ``[B]`` tensors for per-sample weights."""
+        if isinstance(weights, torch.Tensor):
+            if weights.ndim == 1:
+                weights = weights.tolist()
+            elif weights.ndim == 2 and weights.shape[0] in (1, batch):
+                if weights.shape[1] < self.n_latent:
+                    raise ValueError(f"interp_weights needs at least {self.n_latent} values per sample, got {weights.shape[1]}")
+                w = weights.to(like).expand(batch, -1)
+                return [w[:, i] for i in range(self.n_latent)]
+            else:
+                raise ValueError(f"interp_weights tensor must be [n] or [B, n], got {list(weights.shape)}")
+        weights = [float(w) for w in weights]
+        if len(weights) < self.n_latent:
+            raise ValueError(f"interp_weights needs at least {self.n_latent} values for a {self.size}px model, got {len(weights)}")
+        return weights[: self.n_latent]
+
+    def extrinsic_styles(self, exstyle: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """w or w+ extrinsic code -> (structure styles ``T_s(exstyle)``, colour styles), both ``[B, n, D]``."""
+        n, d = self.n_latent, self.style_dim
+        if exstyle.ndim == 2 and exstyle.shape[1] == d:
+            exstyle = exstyle.unsqueeze(1).repeat(1, n, 1)
+        elif not (exstyle.ndim == 3 and exstyle.shape[1:] == (n, d)):
+            raise ValueError(f"extrinsic code must be [B, {d}] or [B, {n}, {d}] for a {self.size}px model, "
+                             f"got {list(exstyle.shape)}")
+        if exstyle.shape[0] not in (1, batch):
+            raise ValueError(f"extrinsic code batch {exstyle.shape[0]} does not match intrinsic batch {batch}")
+        exstyle = exstyle.expand(batch, -1, -1)
+        return map_rows(self.style, exstyle), exstyle
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, instyle: torch.Tensor | Sequence[torch.Tensor], exstyle: torch.Tensor | None = None, *,
+                input_space: str = "z", exstyle_space: str = "w",
+                interp_weights: Sequence[float] | torch.Tensor = DEFAULT_INTERP_WEIGHTS,
+                truncation: float = 1.0, truncation_latent: torch.Tensor | float | None = None,
+                inject_index: int | None = None, fuse_index: int | None = None, use_res: bool = True,
+                noise: NoiseSpec = "stored", generator: torch.Generator | None = None,
+                return_latents: bool = False, return_feat: bool = False):
+        """Stylise.
+
+        instyle: intrinsic code ``[B, D]`` (z/w) or ``[B, n, D]`` (z+/w+), or two for mixing
+            (see :meth:`Generator.make_latent`); ``input_space`` ``"z"`` or ``"w"``.
+        exstyle: extrinsic code ``[1 or B, D]`` or ``[1 or B, n, D]``, in W (``exstyle_space="w"``,
+            the official call) or Z (``"z"``: mapped here, e.g. a raw style-bank entry). Not
+            truncated. Ignored when ``use_res`` is False.
+        interp_weights: >= n per-layer weights (``[n]`` or per sample ``[B, n]``);
+            :func:`layer_weights` builds them from a structure and a colour weight.
+        fuse_index: the extrinsic path acts on layers ``0..fuse_index`` (default: all).
+        noise / generator: see :meth:`Generator.resolve_noise`.
+
+        Returns the image ``[B, 3, size, size]`` (raw, not clamped), or ``(image, latent)``
+        with ``return_latents``, or ``(features [B, C, r, r], rgb skip [B, 3, r, r])`` right
+        after the last structure block with ``return_feat``.
+        """
+        g = self.generator
+        latent = g.make_latent(instyle, input_space, truncation, truncation_latent, inject_index)
+        batch = latent.shape[0]
+        noises = g.resolve_noise(noise, batch, latent, generator)
+        fuse = self.n_latent if fuse_index is None else fuse_index
+        if use_res:
+            if exstyle is None:
+                raise ValueError("use_res=True needs an extrinsic code (exstyle)")
+            if exstyle_space == "z":
+                exstyle = self.map_exstyle(exstyle)
+            elif exstyle_space != "w":
+                raise ValueError(f"exstyle_space must be 'z' or 'w', got {exstyle_space!r}")
+            resstyles, adastyles = self.extrinsic_styles(exstyle.to(latent), batch)
+            weights = self._interp_weights(interp_weights, batch, latent)
+
+        def blended(l: int) -> torch.Tensor:
+            """Colour layer l: ``w * T_c(exstyle) + (1 - w) * instyle`` in W space."""
+            if use_res and fuse >= l:
+                w = weights[l]
+                if isinstance(w, torch.Tensor):
+                    w = w[:, None]
+                return w * self.res[l](adastyles[:, l]) + (1 - w) * latent[:, l]
+            return latent[:, l]
+
+        out = g.start(batch)
+        out = g.conv1(out, latent[:, 0], noises[0])
+        if use_res and fuse > 0:
+            out = self.res[0](out, resstyles[:, 0], weights[0])
+        skip = g.to_rgb1(out, latent[:, 1])
+        i = 1
+        for j, to_rgb in enumerate(g.to_rgbs):
+            conv_up, conv = g.convs[2 * j], g.convs[2 * j + 1]
+            if use_res and i <= self.res_index:
+                out = conv_up(out, latent[:, i], noises[2 * j + 1])
+                if fuse >= i:
+                    out = self.res[i](out, resstyles[:, i], weights[i])
+                out = conv(out, latent[:, i + 1], noises[2 * j + 2])
+                if fuse >= i + 1:
+                    out = self.res[i + 1](out, resstyles[:, i + 1], weights[i + 1])
+            elif use_res:
+                out = conv_up(out, blended(i), noises[2 * j + 1])
+                out = conv(out, blended(i + 1), noises[2 * j + 2])
+            else:
+                out = conv_up(out, latent[:, i], noises[2 * j + 1])
+                out = conv(out, latent[:, i + 1], noises[2 * j + 2])
+            rgb_style = blended(i + 2) if use_res and i >= self.res_index - 1 else latent[:, i + 2]
+            skip = to_rgb(out, rgb_style, skip)
+            if return_feat and i + 2 > self.res_index:
+                return out, skip
+            i += 2
+        return (skip, latent) if return_latents else skip

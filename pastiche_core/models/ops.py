@@ -1,0 +1,188 @@
+"""Low-level StyleGAN2 ops: equalised layers, fused bias + leaky ReLU, FIR up/down-sampling.
+
+Every hot op has two implementations (the layout of NVlabs' ``torch_utils/ops``):
+
+* a **reference** path that follows the official computation literally (zero insertion,
+  padding and a true convolution for ``upfirdn2d``; per-sample modulated weights folded into a
+  grouped convolution), obviously right and used by the parity tests;
+* a **fast** path that computes the same function with fewer passes over memory
+  (transposed/strided convolutions instead of zero insertion, constants folded into weights,
+  ``channels_last`` friendly).
+
+``tests/test_ops.py`` holds the two equal for every op on each dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SQRT2 = math.sqrt(2.0)
+LRELU_SLOPE = 0.2
+
+
+# --------------------------------------------------------------------------------------------
+# Activation
+# --------------------------------------------------------------------------------------------
+def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor | None = None, scale: float = SQRT2) -> torch.Tensor:
+    """``scale * leaky_relu(x + bias, 0.2)``; ``bias`` is per channel (dim 1)."""
+    if bias is not None:
+        shape = [1, -1] + [1] * (x.ndim - 2)
+        x = x + bias.view(shape)
+    return F.leaky_relu(x, LRELU_SLOPE) * scale
+
+
+class FusedLeakyReLU(nn.Module):
+    """Per-channel bias then ``sqrt(2) * leaky_relu(., 0.2)``. Key: ``bias``."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fused_leaky_relu(x, self.bias)
+
+
+class PixelNorm(nn.Module):
+    """Normalise each feature vector to unit RMS over dim 1 (the 512 latent features)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
+
+
+# --------------------------------------------------------------------------------------------
+# Equalised learning-rate layers
+# --------------------------------------------------------------------------------------------
+class EqualLinear(nn.Module):
+    """Linear layer with run-time weight scaling ``lr_mul / sqrt(in)``.
+
+    Stored ``weight [out, in]`` and ``bias [out]`` are the official tensors; ``activation``
+    ``"fused_lrelu"`` adds the scaled bias inside the fused leaky ReLU.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0,
+                 lr_mul: float = 1.0, activation: str | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
+        self.activation = activation
+        self.scale = (1.0 / math.sqrt(in_dim)) * lr_mul
+        self.lr_mul = lr_mul
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias * self.lr_mul if self.bias is not None else None
+        if self.activation:
+            return fused_leaky_relu(F.linear(x, self.weight * self.scale), bias)
+        return F.linear(x, self.weight * self.scale, bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}, activation={self.activation}"
+
+
+class EqualConv2d(nn.Module):
+    """Conv2d with run-time weight scaling ``1 / sqrt(in * k * k)``. Keys: ``weight``, ``bias``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.scale = 1.0 / math.sqrt(in_channels * kernel_size ** 2)
+        self.stride = stride
+        self.padding = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+
+
+# --------------------------------------------------------------------------------------------
+# FIR filtering
+# --------------------------------------------------------------------------------------------
+def make_fir_kernel(taps=(1.0, 3.0, 3.0, 1.0), gain: float = 1.0) -> torch.Tensor:
+    """Separable 2-D blur kernel: ``outer(k, k) / sum * gain`` (gain = up-factor**2 after up-sampling)."""
+    k = torch.tensor(taps, dtype=torch.float32)
+    k2 = torch.outer(k, k)
+    return k2 / k2.sum() * gain
+
+
+def upfirdn2d_reference(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
+                        pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """Literal upfirdn2d: zero-insert ``up``, pad ``(pad0, pad1)`` on both axes (negative crops),
+    convolve every channel with ``kernel`` (true convolution: flipped), keep every ``down``-th
+    sample. ``x`` is ``[B, C, H, W]``; output side ``(in*up + pad0 + pad1 - kh + down) // down``.
+    """
+    assert x.ndim == 4 and kernel.ndim == 2, (x.shape, kernel.shape)
+    b, c, h, w = x.shape
+    kh, kw = kernel.shape
+    pad0, pad1 = pad
+    out = x.reshape(b * c, 1, h, 1, w, 1)
+    out = F.pad(out, [0, up - 1, 0, 0, 0, up - 1])
+    out = out.reshape(b * c, 1, h * up, w * up)
+    out = F.pad(out, [max(pad0, 0), max(pad1, 0), max(pad0, 0), max(pad1, 0)])
+    out = out[:, :, max(-pad0, 0): out.shape[2] - max(-pad1, 0), max(-pad0, 0): out.shape[3] - max(-pad1, 0)]
+    weight = torch.flip(kernel, [0, 1]).view(1, 1, kh, kw).to(out)
+    out = F.conv2d(out, weight)
+    out = out[:, :, ::down, ::down]
+    return out.reshape(b, c, out.shape[2], out.shape[3])
+
+
+def _depthwise(kernel: torch.Tensor, channels: int, like: torch.Tensor) -> torch.Tensor:
+    kh, kw = kernel.shape
+    return torch.flip(kernel, [0, 1]).to(like).view(1, 1, kh, kw).expand(channels, 1, kh, kw)
+
+
+def blur_fast(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
+    """upfirdn2d with up = down = 1 and symmetric padding, as one depthwise convolution."""
+    pad0, pad1 = pad
+    if pad0 != pad1:
+        x = F.pad(x, [pad0, pad1, pad0, pad1])
+        pad0 = 0
+    return F.conv2d(x, _depthwise(kernel, x.shape[1], x), padding=pad0, groups=x.shape[1])
+
+
+def upsample2x_fast(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """upfirdn2d(up=2, pad=(2, 1)) with a symmetric 4x4 kernel, as a strided transposed
+    depthwise convolution (no zero insertion): output exactly ``2H x 2W``."""
+    assert kernel.shape == (4, 4), kernel.shape
+    c = x.shape[1]
+    return F.conv_transpose2d(x, _depthwise(kernel, c, x), stride=2, padding=1, groups=c)
+
+
+class Blur(nn.Module):
+    """FIR blur with fixed padding. Buffer key: ``kernel`` (saved in official checkpoints)."""
+
+    def __init__(self, pad: tuple[int, int], upsample_factor: int = 1):
+        super().__init__()
+        self.register_buffer("kernel", make_fir_kernel(gain=upsample_factor ** 2))
+        self.pad = pad
+        self.fast = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            return blur_fast(x, self.kernel, self.pad)
+        return upfirdn2d_reference(x, self.kernel, pad=self.pad)
+
+
+class Upsample(nn.Module):
+    """2x FIR up-sampling of the RGB skip. Buffer key: ``kernel`` (x4 gain)."""
+
+    def __init__(self, factor: int = 2):
+        super().__init__()
+        assert factor == 2, "the official generators only up-sample by 2"
+        self.register_buffer("kernel", make_fir_kernel(gain=factor ** 2))
+        self.fast = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            return upsample2x_fast(x, self.kernel)
+        return upfirdn2d_reference(x, self.kernel, up=2, pad=(2, 1))
+
+
+def set_fast_path(module: nn.Module, enabled: bool) -> nn.Module:
+    """Switch every op under ``module`` between its fast and its reference implementation."""
+    for m in module.modules():
+        if hasattr(m, "fast"):
+            m.fast = enabled
+    return module

@@ -1,0 +1,352 @@
+"""StyleGAN2 generator (rosinality layout, as vendored by the official DualStyleGAN code).
+
+Module attribute names reproduce the official state-dict keys (``style.1.weight``,
+``convs.3.conv.modulation.bias``, ``noises.noise_5`` ...), so an official ``g_ema`` state dict
+loads with ``strict=True``. Shapes in docstrings: ``B`` batch, ``n`` = ``n_latent``
+(``2*log2(size) - 2``: 14 at 256, 18 at 1024), ``D`` = ``style_dim`` (512).
+
+Latent spaces:
+
+* ``z``  ``[B, D]``     -- input of the mapping network;
+* ``z+`` ``[B, n, D]``  -- one z per layer, mapped row by row (DualStyleGAN's encoder space);
+* ``w``  ``[B, D]``     -- output of the mapping network, broadcast to every layer;
+* ``w+`` ``[B, n, D]``  -- one w per layer (what the synthesis network consumes).
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import SQRT2, LRELU_SLOPE, Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, \
+    blur_fast, set_fast_path
+
+# Noise argument of the generators: "stored" (the checkpoint's buffers, deterministic),
+# "random" (fresh N(0, 1) maps, from ``generator`` if given), or one tensor per layer
+# (``[1 or B, 1, r, r]``; None entries are drawn at random).
+NoiseSpec = str | Sequence[torch.Tensor | None]
+
+
+def channel_counts(channel_multiplier: int = 2) -> dict[int, int]:
+    """Feature channels per resolution of the official generators."""
+    m = channel_multiplier
+    return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * m, 128: 128 * m, 256: 64 * m,
+            512: 32 * m, 1024: 16 * m, 2048: 8 * m}
+
+
+def mapping_network(n_mlp: int, style_dim: int = 512, lr_mul: float = 0.01) -> nn.Sequential:
+    """PixelNorm + ``n_mlp`` equalised linears with fused leaky ReLU (keys ``1..n_mlp``)."""
+    layers: list[nn.Module] = [PixelNorm()]
+    layers += [EqualLinear(style_dim, style_dim, lr_mul=lr_mul, activation="fused_lrelu") for _ in range(n_mlp)]
+    return nn.Sequential(*layers)
+
+
+def map_rows(mapping: nn.Module, codes: torch.Tensor) -> torch.Tensor:
+    """Apply a per-vector MLP to ``[..., D]`` codes (a z+ code maps row by row into w+)."""
+    return mapping(codes.reshape(-1, codes.shape[-1])).reshape(codes.shape)
+
+
+class ModulatedConv2d(nn.Module):
+    """Style-modulated convolution. Keys: ``weight [1, out, in, k, k]``, ``modulation.*``,
+    ``blur.kernel`` (up-sampling only).
+
+    Per sample b: ``W_b = weight * modulation(w_b) / sqrt(in*k*k)`` (scaling input channels),
+    demodulated per output channel when ``demodulate``. Up-sampling: stride-2 transposed conv
+    then a [1, 3, 3, 1] blur, giving exactly ``2H x 2W``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, style_dim: int,
+                 demodulate: bool = True, upsample: bool = False):
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.upsample, self.demodulate = upsample, demodulate
+        if upsample:
+            p = (4 - 2) - (kernel_size - 1)
+            self.blur = Blur(pad=((p + 1) // 2 + 1, p // 2 + 1), upsample_factor=2)
+        self.scale = 1.0 / math.sqrt(in_channels * kernel_size ** 2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(1, out_channels, in_channels, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_channels, bias_init=1.0)
+        self.fast = True
+
+    def modulated_weight(self, style: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        """``[B, D]`` styles -> per-sample weights ``[B, out, in, k, k]`` (demodulated, times gain)."""
+        s = self.modulation(style)
+        weight = self.weight * (self.scale * s)[:, None, :, None, None]
+        if self.demodulate:
+            demod = torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + 1e-8)
+            weight = weight * (demod * gain if gain != 1.0 else demod)[:, :, None, None, None]
+        elif gain != 1.0:
+            weight = weight * gain
+        return weight
+
+    def conv_per_sample(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Fast path: one dense convolution per sample (no grouped conv, no zero insertion)."""
+        outs = []
+        for b in range(x.shape[0]):
+            xb, wb = x[b: b + 1], weight[b]
+            if self.upsample:
+                ob = F.conv_transpose2d(xb, wb.transpose(0, 1), stride=2)
+                c = ob.shape[1]
+                kernel = torch.flip(self.blur.kernel, [0, 1]).to(ob).view(1, 1, 4, 4).expand(c, 1, 4, 4)
+                ob = F.conv2d(ob, kernel, bias, padding=self.blur.pad[0], groups=c)
+            else:
+                ob = F.conv2d(xb, wb, bias, padding=self.padding)
+            outs.append(ob)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+
+    def forward_reference(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """The official computation: batch folded into groups of one grouped convolution."""
+        b, c, h, w = x.shape
+        weight = self.modulated_weight(style)
+        if self.upsample:
+            weight = weight.transpose(1, 2).reshape(b * c, self.out_channels, self.kernel_size, self.kernel_size)
+            out = F.conv_transpose2d(x.reshape(1, b * c, h, w), weight, stride=2, groups=b)
+            out = out.view(b, self.out_channels, out.shape[-2], out.shape[-1])
+            return self.blur(out)
+        weight = weight.reshape(b * self.out_channels, c, self.kernel_size, self.kernel_size)
+        out = F.conv2d(x.reshape(1, b * c, h, w), weight, padding=self.padding, groups=b)
+        return out.view(b, self.out_channels, h, w)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        assert x.ndim == 4 and x.shape[1] == self.in_channels, (x.shape, self.in_channels)
+        assert style.ndim == 2 and style.shape[0] == x.shape[0], (style.shape, x.shape)
+        if self.fast:
+            return self.conv_per_sample(x, self.modulated_weight(style))
+        return self.forward_reference(x, style)
+
+
+class NoiseInjection(nn.Module):
+    """``x + weight * noise``. Key: ``weight [1]``."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return x + self.weight * noise
+
+
+class ConstantInput(nn.Module):
+    """The learned 4x4 start tensor. Key: ``input [1, C, 4, 4]``."""
+
+    def __init__(self, channels: int, size: int = 4):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.input.repeat(batch, 1, 1, 1)
+
+
+class StyledConv(nn.Module):
+    """Modulated conv -> noise -> bias + leaky ReLU (keys ``conv.*``, ``noise.weight``, ``activate.bias``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, style_dim: int,
+                 upsample: bool = False):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channels, out_channels, kernel_size, style_dim, upsample=upsample)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channels)
+        self.fast = True
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x ``[B, in, H, W]``, style ``[B, D]``, noise ``[1 or B, 1, H', W']`` -> ``[B, out, H', W']``."""
+        if not self.fast:
+            return self.activate(self.noise(self.conv.forward_reference(x, style), noise))
+        # sqrt(2) * lrelu(y) == lrelu(sqrt(2) * y): fold the gain into the weights, the bias and
+        # the noise strength, so the activation is a single in-place pass.
+        weight = self.conv.modulated_weight(style, gain=SQRT2)
+        out = self.conv.conv_per_sample(x, weight, self.activate.bias * SQRT2)
+        out = out.addcmul_(noise.to(out.dtype), self.noise.weight * SQRT2)
+        return F.leaky_relu_(out, LRELU_SLOPE)
+
+
+class ToRGB(nn.Module):
+    """Modulated 1x1 conv to RGB (no demodulation) + bias, plus the up-sampled previous skip.
+    Keys: ``bias [1, 3, 1, 1]``, ``conv.*``, ``upsample.kernel``."""
+
+    def __init__(self, in_channels: int, style_dim: int, upsample: bool = True):
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample()
+        self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.conv(x, style) + self.bias
+        if skip is not None:
+            out = out + self.upsample(skip)
+        return out
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator: ``Generator(size, style_dim=512, n_mlp=8, channel_multiplier=2)``.
+
+    ``forward`` maps and broadcasts the intrinsic code (:meth:`make_latent`) and synthesises
+    an image ``[B, 3, size, size]`` (raw, roughly in [-1, 1], not clamped).
+    """
+
+    def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2):
+        super().__init__()
+        log_size = int(math.log2(size))
+        if 2 ** log_size != size or size < 8:
+            raise ValueError(f"generator size must be a power of two >= 8, got {size}")
+        self.size, self.style_dim, self.n_mlp = size, style_dim, n_mlp
+        self.channel_multiplier = channel_multiplier
+        self.log_size = log_size
+        self.num_layers = (log_size - 2) * 2 + 1
+        self.n_latent = log_size * 2 - 2
+        self.channels = channels = channel_counts(channel_multiplier)
+        self.channels_last = False
+
+        self.style = mapping_network(n_mlp, style_dim)
+        self.input = ConstantInput(channels[4])
+        self.conv1 = StyledConv(channels[4], channels[4], 3, style_dim)
+        self.to_rgb1 = ToRGB(channels[4], style_dim, upsample=False)
+        self.convs = nn.ModuleList()
+        self.upsamples = nn.ModuleList()  # empty in the official model too; kept for parity
+        self.to_rgbs = nn.ModuleList()
+        self.noises = nn.Module()
+        for i in range(self.num_layers):
+            r = 2 ** ((i + 5) // 2)
+            self.noises.register_buffer(f"noise_{i}", torch.randn(1, 1, r, r))
+        in_ch = channels[4]
+        for i in range(3, log_size + 1):
+            out_ch = channels[2 ** i]
+            self.convs.append(StyledConv(in_ch, out_ch, 3, style_dim, upsample=True))
+            self.convs.append(StyledConv(out_ch, out_ch, 3, style_dim))
+            self.to_rgbs.append(ToRGB(out_ch, style_dim))
+            in_ch = out_ch
+
+    # -- configuration -----------------------------------------------------------------------
+    @property
+    def config(self) -> dict:
+        return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
+                "channel_multiplier": self.channel_multiplier}
+
+    def use_fast_path(self, enabled: bool = True, channels_last: bool | None = None) -> "Generator":
+        """Fast ops (default) or the literal reference ops everywhere in this model;
+        ``channels_last`` runs the feature maps in NHWC (faster with oneDNN/cuDNN)."""
+        set_fast_path(self, enabled)
+        if channels_last is not None:
+            self.channels_last = channels_last
+        return self
+
+    def start(self, batch: int) -> torch.Tensor:
+        """The constant input repeated over the batch, in the configured memory format."""
+        out = self.input(batch)
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+
+    # -- latents -----------------------------------------------------------------------------
+    def mapping(self, z: torch.Tensor) -> torch.Tensor:
+        """z ``[..., D]`` -> w ``[..., D]`` (every row independently; z+ -> w+)."""
+        return map_rows(self.style, z)
+
+    @torch.no_grad()
+    def mean_latent(self, n: int = 4096, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Average w of ``n`` random z codes, ``[1, D]`` (the usual truncation centre)."""
+        p = next(self.parameters())
+        z = torch.randn(n, self.style_dim, generator=generator).to(p)
+        return self.style(z).mean(0, keepdim=True)
+
+    def make_latent(self, styles: torch.Tensor | Sequence[torch.Tensor], input_space: str = "z",
+                    truncation: float = 1.0, truncation_latent: torch.Tensor | float | None = None,
+                    inject_index: int | None = None) -> torch.Tensor:
+        """Intrinsic code(s) -> the per-layer latent ``[B, n, D]`` the synthesis network uses.
+
+        styles: one code, or two for style mixing (rows ``[0, inject_index)`` from the first,
+        the rest from the second). Each is ``[B, D]`` (z or w) or ``[B, n, D]`` (z+ or w+).
+        input_space: ``"z"`` (mapped here) or ``"w"`` (used as is).
+        truncation: ``t_lat + truncation * (w - t_lat)`` when < 1; ``truncation_latent``
+        ``[1, D]`` or a scalar, default 0 as in the official DualStyleGAN scripts
+        (use :meth:`mean_latent` for the classic StyleGAN truncation).
+        """
+        if isinstance(styles, torch.Tensor):
+            styles = [styles]
+        styles = list(styles)
+        if not 1 <= len(styles) <= 2:
+            raise ValueError(f"expected one intrinsic code or two for mixing, got {len(styles)}")
+        for s in styles:
+            if s.ndim not in (2, 3) or s.shape[-1] != self.style_dim or (s.ndim == 3 and s.shape[1] != self.n_latent):
+                raise ValueError(f"intrinsic code must be [B, {self.style_dim}] or [B, {self.n_latent}, "
+                                 f"{self.style_dim}] for a {self.size}px generator, got {list(s.shape)}")
+        if input_space == "z":
+            styles = [self.mapping(s) for s in styles]
+        elif input_space != "w":
+            raise ValueError(f"input_space must be 'z' or 'w', got {input_space!r}")
+        if truncation < 1:
+            t = 0.0 if truncation_latent is None else truncation_latent
+            styles = [t + truncation * (s - t) for s in styles]
+        n = self.n_latent
+        if len(styles) == 1:
+            s = styles[0]
+            return s.unsqueeze(1).repeat(1, n, 1) if s.ndim == 2 else s
+        if inject_index is None:
+            inject_index = random.randint(1, n - 1)
+        a, b = styles
+        a = a.unsqueeze(1).repeat(1, inject_index, 1) if a.ndim == 2 else a[:, :inject_index]
+        b = b.unsqueeze(1).repeat(1, n - inject_index, 1) if b.ndim == 2 else b[:, inject_index:]
+        return torch.cat([a, b], 1)
+
+    # -- noise -------------------------------------------------------------------------------
+    def noise_shapes(self, batch: int = 1) -> list[tuple[int, int, int, int]]:
+        return [(batch, 1, 2 ** ((i + 5) // 2), 2 ** ((i + 5) // 2)) for i in range(self.num_layers)]
+
+    def resolve_noise(self, noise: NoiseSpec, batch: int, like: torch.Tensor,
+                      generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """One noise map per layer ``[1 or B, 1, r, r]`` on ``like``'s device and dtype.
+
+        "random" draws in layer order (conv1, convs.0, convs.1, ...) with ``torch.randn`` on
+        ``generator``'s device (CPU by default), the order the official forward draws them.
+        """
+        shapes = self.noise_shapes(batch)
+        if isinstance(noise, str):
+            if noise == "stored":
+                return [getattr(self.noises, f"noise_{i}").to(like) for i in range(self.num_layers)]
+            if noise == "random":
+                noise = [None] * self.num_layers
+            else:
+                raise ValueError(f"noise must be 'stored', 'random' or a list of tensors, got {noise!r}")
+        noise = list(noise)
+        if len(noise) != self.num_layers:
+            raise ValueError(f"expected {self.num_layers} noise maps for a {self.size}px generator, got {len(noise)}")
+        out = []
+        for i, (n, shape) in enumerate(zip(noise, shapes)):
+            if n is None:
+                dev = generator.device if generator is not None else torch.device("cpu")
+                n = torch.randn(shape, generator=generator, device=dev)
+            elif n.ndim != 4 or tuple(n.shape[1:]) != shape[1:] or n.shape[0] not in (1, batch):
+                raise ValueError(f"noise map {i} must be [1 or {batch}, 1, {shape[2]}, {shape[3]}], got {list(n.shape)}")
+            out.append(n.to(like))
+        return out
+
+    # -- synthesis ---------------------------------------------------------------------------
+    def synthesis(self, latent: torch.Tensor, noise: NoiseSpec = "stored",
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """w+ ``[B, n, D]`` -> image ``[B, 3, size, size]``."""
+        assert latent.ndim == 3 and latent.shape[1:] == (self.n_latent, self.style_dim), latent.shape
+        noises = self.resolve_noise(noise, latent.shape[0], latent, generator)
+        out = self.start(latent.shape[0])
+        out = self.conv1(out, latent[:, 0], noises[0])
+        skip = self.to_rgb1(out, latent[:, 1])
+        i = 1
+        for j, to_rgb in enumerate(self.to_rgbs):
+            out = self.convs[2 * j](out, latent[:, i], noises[2 * j + 1])
+            out = self.convs[2 * j + 1](out, latent[:, i + 1], noises[2 * j + 2])
+            skip = to_rgb(out, latent[:, i + 2], skip)
+            i += 2
+        return skip
+
+    def forward(self, styles: torch.Tensor | Sequence[torch.Tensor], *, input_space: str = "z",
+                truncation: float = 1.0, truncation_latent: torch.Tensor | float | None = None,
+                inject_index: int | None = None, noise: NoiseSpec = "stored",
+                generator: torch.Generator | None = None, return_latents: bool = False):
+        """Intrinsic code(s) -> image ``[B, 3, size, size]`` (and the ``[B, n, D]`` latent if
+        ``return_latents``). Arguments as in :meth:`make_latent` and :meth:`resolve_noise`."""
+        latent = self.make_latent(styles, input_space, truncation, truncation_latent, inject_index)
+        image = self.synthesis(latent, noise, generator)
+        return (image, latent) if return_latents else image
