@@ -6,22 +6,20 @@ traceback), and writes outputs atomically (no half-written file on failure).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable
+import warnings
 
 from .errors import PasticheError
 
-# name -> (module, help). Each module defines ``add_arguments(parser)`` and ``run(args) -> int``;
-# modules are imported lazily so ``--help`` and unrelated commands stay fast.
+# name -> (module, help). Each module defines ``add_arguments(parser)`` and ``run(args) -> int``
+# and imports its heavy dependencies inside ``run``, so ``--help`` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "stylize": ("pastiche_core.commands.stylize", "stylise a portrait photo after a bank style or an exemplar image"),
+    "generate": ("pastiche_core.commands.generate", "random stylised faces from the style sampler"),
+    "styles": ("pastiche_core.commands.styles", "list the styles of a style bank"),
     "convert": ("pastiche_core.commands.convert", "convert a generator between the official .pt and our .safetensors"),
 }
-
-
-def _import(module: str):
-    import importlib
-
-    return importlib.import_module(module)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,17 +27,23 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="DualStyleGAN exemplar-based portrait style transfer.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        _import(module).add_arguments(p)
-        p.set_defaults(_run=module)
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_text, description=mod.__doc__ or help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+    from .faces.command import register as register_align
+
+    register_align(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run: Callable[[argparse.Namespace], int] = _import(args._run).run
+    # Our own warnings (demo weights, ...) are printed as one plain line, not with a source excerpt.
+    warnings.showwarning = lambda message, category, *a, **k: print(f"warning: {message}", file=sys.stderr)
     try:
-        return int(run(args) or 0)
+        return int(args.func(args) or 0)
     except PasticheError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

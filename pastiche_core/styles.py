@@ -32,13 +32,12 @@ scripts can read our banks.
 from __future__ import annotations
 
 import difflib
-import io
 import json
 import operator
 import os
 import pickle
 import pickletools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np

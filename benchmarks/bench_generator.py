@@ -1,0 +1,150 @@
+"""Generator speed and memory: reference path vs fast path, side by side, in one run.
+
+    python benchmarks/bench_generator.py                 # 256 and 1024, batch 1 and 4, fp32, CPU
+    python benchmarks/bench_generator.py --json          # one JSON object per line
+    python benchmarks/bench_generator.py --sizes 1024 --batches 1 --dtypes float32 bfloat16
+    python benchmarks/bench_generator.py --device cuda --dtypes float32 float16 bfloat16
+
+Each configuration runs in its own subprocess so that ``peak_rss_mb`` (the process's maximum
+resident set) belongs to that configuration alone. The call timed is the official
+style-transfer call (dsg_b): map the exemplar's z+ code to w+, then the DualStyleGAN forward
+with truncation 0.7 and the default layer weights, on the deterministic fixture weights.
+Every fast-path row also reports its difference from the reference path (max |diff| and PSNR
+of the [-1, 1] image), so speed and exactness are read in the same table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def run_one(size: int, batch: int, dtype_name: str, path: str, device: str, repeats: int,
+            threads: int | None, compile_model: bool, compare: bool) -> dict:
+    import numpy as np
+    import torch
+
+    from pastiche_core.models import DEFAULT_INTERP_WEIGHTS
+    from pastiche_core.reference import fixture_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    model = fixture_model("dualstylegan", size)
+    rng = np.random.default_rng(0)
+    n = model.n_latent
+    instyle = torch.from_numpy(rng.standard_normal((batch, n, 512), dtype=np.float32))
+    exstyle_z = torch.from_numpy(rng.standard_normal((batch, n, 512), dtype=np.float32))
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def forward(m, inp, ex):
+        return m(inp, m.map_exstyle(ex), truncation=0.7, truncation_latent=0, interp_weights=DEFAULT_INTERP_WEIGHTS)
+
+    reference_image = None
+    if compare and path == "fast":  # the fp32 reference output of the same inputs, for the error columns
+        with torch.inference_mode():
+            ref_model = model.use_fast_path(False)
+            reference_image = forward(ref_model, instyle, exstyle_z).float()
+    model.use_fast_path(path == "fast", channels_last=(path == "fast" and device == "cpu"))
+    model = model.to(device=device, dtype=dtype)
+    ins, ex = instyle.to(device, dtype), exstyle_z.to(device, dtype)
+    call = torch.compile(model) if compile_model else model
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        image = forward(call, ins, ex)  # warm-up (and compilation)
+        sync()
+        warmup = time.perf_counter() - t0
+        times = []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            image = forward(call, ins, ex)
+            sync()
+            times.append(time.perf_counter() - t0)
+    row = {"size": size, "batch": batch, "dtype": dtype_name, "path": path + ("+compile" if compile_model else ""),
+           "device": device, "s_per_img": min(times) / batch, "median_s": sorted(times)[len(times) // 2],
+           "warmup_s": warmup, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "threads": torch.get_num_threads()}
+    if device == "cuda":
+        row["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    if reference_image is not None:
+        diff = (image.float().cpu() - reference_image).abs()
+        mse = ((image.float().cpu().clamp(-1, 1) - reference_image.clamp(-1, 1)) ** 2).mean().item()
+        row["max_abs_diff_vs_reference"] = diff.max().item()
+        row["psnr_vs_reference_db"] = float("inf") if mse == 0 else 10 * np.log10(4.0 / mse)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--dtypes", nargs="+", default=["float32"])
+    parser.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=["reference", "fast"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the fast path")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration
+    args = parser.parse_args()
+
+    if args.one:
+        cfg = json.loads(args.one)
+        print(json.dumps(run_one(**cfg)))
+        return 0
+
+    configs = []
+    for size in args.sizes:
+        for batch in args.batches:
+            for dtype in args.dtypes:
+                for path in args.paths:
+                    if path == "reference" and dtype != "float32":
+                        continue  # the reference path is the fp32 yardstick
+                    configs.append((size, batch, dtype, path, False))
+                    if path == "fast" and args.compile:
+                        configs.append((size, batch, dtype, path, True))
+    if not args.json:
+        print(f"{'size':>5} {'batch':>5} {'dtype':>9} {'path':>13} {'s/img':>8} {'peak RSS MB':>11} "
+              f"{'max|diff| vs ref':>16} {'PSNR dB':>8}")
+    rows = []
+    for size, batch, dtype, path, comp in configs:
+        cfg = dict(size=size, batch=batch, dtype_name=dtype, path=path, device=args.device, repeats=args.repeats,
+                   threads=args.threads, compile_model=comp, compare=(path == "fast"))
+        proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)], capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        if proc.returncode != 0:
+            print(f"# {size} {batch} {dtype} {path}: failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            continue
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        if args.json:
+            print(json.dumps(row), flush=True)
+        else:
+            diff = row.get("max_abs_diff_vs_reference")
+            psnr = row.get("psnr_vs_reference_db")
+            print(f"{size:>5} {batch:>5} {dtype:>9} {row['path']:>13} {row['s_per_img']:>8.3f} {row['peak_rss_mb']:>11.0f} "
+                  f"{'' if diff is None else f'{diff:.2e}':>16} {'' if psnr is None else f'{psnr:.1f}':>8}", flush=True)
+    if not args.json:
+        for size in args.sizes:
+            for batch in args.batches:
+                ref = [r for r in rows if (r["size"], r["batch"], r["path"], r["dtype"]) == (size, batch, "reference", "float32")]
+                fast = [r for r in rows if (r["size"], r["batch"], r["path"], r["dtype"]) == (size, batch, "fast", "float32")]
+                if ref and fast:
+                    print(f"# {size}px batch {batch}: fast path {ref[0]['s_per_img'] / fast[0]['s_per_img']:.2f}x the reference path")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

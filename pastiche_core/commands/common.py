@@ -1,0 +1,67 @@
+"""Options and helpers shared by the commands."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoints", default="checkpoint", metavar="DIR",
+                        help="folder laid out like the official checkpoint/ release (default ./checkpoint); "
+                             "when it holds no files, built-in DEMO weights are used")
+    parser.add_argument("--style", default="cartoon", help="style sub-folder of DIR (default cartoon)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="compute precision (default float32; float16 only on GPUs)")
+
+
+def torch_device_dtype(args: argparse.Namespace):
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise InputError(f"--device '{args.device}' is not a torch device (use cpu, cuda, cuda:0, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA GPU is available here (use --device cpu)")
+    dtype = getattr(torch, args.dtype)
+    if dtype == torch.float16 and device.type == "cpu":
+        raise InputError("--dtype float16 is not supported on CPU (use float32 or bfloat16)")
+    return device, dtype
+
+
+def check_output(path: str) -> Path:
+    out = Path(path)
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputError(f"output '{out}': unknown image extension '{out.suffix}' (use .png, .jpg or .webp)")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"output '{out}': folder '{folder}' does not exist")
+    return out
+
+
+def progress_printer(quiet: bool):
+    if quiet:
+        return None
+
+    def report(stage: str, fraction: float) -> None:
+        print(f"[{fraction * 100:3.0f}%] {stage}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def save_png(out: Path, rgb, *, demo: bool, text: dict[str, str] | None = None) -> None:
+    """Write atomically, with provenance (and the DEMO WEIGHTS flag) in the PNG text chunks."""
+    from ..faces.io import save_image
+
+    meta = {"pastiche:weights": "DEMO WEIGHTS (random, not a real stylisation)" if demo else "checkpoint"}
+    meta.update(text or {})
+    try:
+        save_image(out, rgb, text=meta)
+    except TypeError:  # save_image without text support
+        save_image(out, rgb)
