@@ -17,6 +17,7 @@ real stylisation.
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import warnings
@@ -100,18 +101,23 @@ DEMO_SIZE = 256
 DEMO_STYLES = ("demo_style_0", "demo_style_1", "demo_style_2", "demo_style_3")
 
 
-def _fixture_load(model: torch.nn.Module, prefix: str = "") -> torch.nn.Module:
+@functools.lru_cache(maxsize=4)
+def _demo_state(key: str, shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> dict[str, torch.Tensor]:
+    """Fixture-recipe tensors for a model's keys; cached because drawing ~10^8 normals takes seconds."""
     from .reference.fixture_weights import fixture_state_dict
 
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    state = fixture_state_dict({prefix + k: s for k, s in shapes.items()})
-    model.load_state_dict({k: torch.from_numpy(state[prefix + k]) for k in shapes}, strict=True)
+    return {k: torch.from_numpy(v) for k, v in fixture_state_dict(dict(shapes)).items()}
+
+
+def _fixture_load(model: torch.nn.Module, key: str) -> torch.nn.Module:
+    shapes = tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+    model.load_state_dict(_demo_state(key, shapes), strict=True)
     return model.eval().requires_grad_(False)
 
 
 def demo_generator() -> DualStyleGAN:
     """The built-in demo DualStyleGAN: 256 px, deterministic fixture-recipe weights."""
-    return _fixture_load(DualStyleGAN(DEMO_SIZE))
+    return _fixture_load(DualStyleGAN(DEMO_SIZE), "generator")
 
 
 def demo_encoder(space: str = "z+"):
@@ -120,7 +126,7 @@ def demo_encoder(space: str = "z+"):
     from .reference.fixture_weights import fixture_tensor
 
     enc = PSPEncoder(output_size=DEMO_SIZE, space=space)
-    _fixture_load(enc)
+    _fixture_load(enc, "encoder")
     enc.set_latent_avg(torch.from_numpy(fixture_tensor("latent_avg", (enc.n_styles, 512))))
     return enc
 

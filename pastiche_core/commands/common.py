@@ -56,12 +56,25 @@ def progress_printer(quiet: bool):
 
 
 def save_png(out: Path, rgb, *, demo: bool, text: dict[str, str] | None = None) -> None:
-    """Write atomically, with provenance (and the DEMO WEIGHTS flag) in the PNG text chunks."""
-    from ..faces.io import save_image
+    """Write an image atomically (temp file + rename), with provenance in PNG text chunks
+    (``pastiche:weights`` says DEMO WEIGHTS for demo outputs)."""
+    import os
+
+    from PIL import Image, PngImagePlugin
 
     meta = {"pastiche:weights": "DEMO WEIGHTS (random, not a real stylisation)" if demo else "checkpoint"}
     meta.update(text or {})
+    img = Image.fromarray(rgb)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{out.suffix}")
     try:
-        save_image(out, rgb, text=meta)
-    except TypeError:  # save_image without text support
-        save_image(out, rgb)
+        if out.suffix.lower() == ".png":
+            info = PngImagePlugin.PngInfo()
+            for k, v in meta.items():
+                info.add_text(k, v)
+            img.save(tmp, pnginfo=info)
+        else:
+            img.save(tmp, quality=95)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
