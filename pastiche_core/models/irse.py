@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
+
 # Units per stage (depths 64, 128, 256, 512; first unit of each stage has stride 2).
 STAGE_UNITS = {50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 152: (3, 8, 36, 3)}
 STAGE_DEPTHS = (64, 128, 256, 512)
@@ -128,6 +130,9 @@ class Backbone(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            raise InputError(f"ArcFace input must be [B, 3, {self.input_size}, {self.input_size}] faces in [-1, 1], "
+                             f"got {list(x.shape)} (use arcface_input() on 256x256 aligned faces)")
         x = self.body(self.input_layer(x))
         x = self.output_layer(x)
         return x / torch.norm(x, 2, 1, True)
@@ -140,5 +145,5 @@ def arcface_input(x256: torch.Tensor) -> torch.Tensor:
     """The official ID loss's view of an aligned 256x256 face: rows 35:223, columns 32:220
     (188x188 around the eyes, nose and mouth), average-pooled to 112x112."""
     if x256.ndim != 4 or tuple(x256.shape[-2:]) != (256, 256):
-        raise ValueError(f"expected [B, 3, 256, 256] aligned faces, got {list(x256.shape)}")
+        raise InputError(f"expected [B, 3, 256, 256] aligned faces, got {list(x256.shape)}")
     return F.adaptive_avg_pool2d(x256[:, :, 35:223, 32:220], 112)
