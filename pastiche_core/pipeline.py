@@ -131,6 +131,14 @@ def demo_encoder(space: str = "z+"):
     return enc
 
 
+def demo_sampler():
+    """The built-in demo ICP sampler for the 256 px demo generator (7 structure + 7 colour rows)."""
+    from .models.sampler import StyleSampler
+
+    n = 2 * int(math.log2(DEMO_SIZE)) - 2
+    return _fixture_load(StyleSampler(n_structure=N_STRUCTURE, n_color=n - N_STRUCTURE), "sampler")
+
+
 def demo_bank():
     from .reference.fixture_weights import fixture_tensor
     from .styles import StyleBank
@@ -295,10 +303,11 @@ class StylePipeline:
     def sampler(self):
         if self._sampler is None:
             if self.demo:
-                raise CheckpointError("the demo weights have no style sampler; add sampler.pt to the style folder")
-            from .models.sampler import StyleSampler
+                self._sampler = demo_sampler().to(self.device)
+            else:
+                from .models.sampler import StyleSampler
 
-            self._sampler = StyleSampler.from_checkpoint(self.paths.require("sampler"), device=self.device)
+                self._sampler = StyleSampler.from_checkpoint(self.paths.require("sampler"), device=self.device)
         return self._sampler
 
     def release(self) -> None:

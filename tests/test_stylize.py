@@ -148,3 +148,14 @@ def test_readme_main_command_in_a_fresh_process(tmp_path):
                            str(tmp_path / "checkpoint"), "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "warning: DEMO WEIGHTS" in proc.stderr and out.exists()
+
+
+def test_cli_generate_random_styles_demo(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    code, stdout, stderr = run_cli(["generate", "--checkpoints", tmp_path, "--batch", "2", "--seed", "5",
+                                    "--fix-color", "--out", out], capsys)
+    assert code == 0, stderr
+    with Image.open(out) as img:
+        assert img.size == (512, 256) and "DEMO" in img.info["pastiche:weights"]
+    code, _, stderr = run_cli(["generate", "--checkpoints", tmp_path, "--batch", "1", "--out", out], capsys)
+    assert code == 2 and "at least 2" in stderr

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import InputError
-    from ..pipeline import StylePipeline, resolve_weights, to_uint8
+    from ..pipeline import StylePipeline, draw_demo_caption, resolve_weights, to_uint8
 
     out = check_output(args.out)
     device, dtype = torch_device_dtype(args)
@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     grid = np.zeros((rows * h, cols * w, 3), np.uint8)
     for i, t in enumerate(tiles):
         grid[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = t
+    if pipe.demo:
+        grid = draw_demo_caption(grid)
     save_png(out, grid, demo=pipe.demo)
     print(f"{out}: {len(tiles)} images ({w}x{h}) in a {rows}x{cols} grid")
     return 0

@@ -13,9 +13,11 @@ The recipe, step by step (each step is a small function below):
 
 Two warps for step 6: ``method="pil"`` (the reference: PIL's QUAD/BILINEAR transform, which
 reproduces the official 256 crops to the bit) and ``method="torch"`` (a batched
-``grid_sample`` that imitates PIL's sampling rules; a few grey levels off at most, see the
-tests). Steps 1-5 are shared, and are numpy/PIL with the official numerics (float32 image,
-numpy-2 type promotion, scipy-compatible Gaussian).
+``grid_sample`` in float64 that imitates PIL's sampling rules: centre convention, clamped
+neighbours, zero outside, values truncated; it matches the official crops bit-for-bit on
+both fixtures, but only the PIL path is the reference). Steps 1-5 are shared, and are
+numpy/PIL with the official numerics (float32 image, numpy-2 type promotion, and
+scipy.ndimage's Gaussian, or an equivalent numpy one when scipy is not installed).
 
 Each result carries its forward transform: ``quad`` (the official quad, corners TL, BL, BR,
 TR in source pixels), ``quad_effective`` (where the crop's corners really sit in the source
@@ -31,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from .detect import Face, FaceDetector, NoFaceError, anchors_from_landmarks, get_detector
+from .detect import DlibDetector, Face, FaceDetector, NoFaceError, anchors_from_landmarks, get_detector
 from .io import load_image
 
 __all__ = [
@@ -378,7 +380,7 @@ def _align_many(img: Image.Image, items: Sequence[np.ndarray | Face], *, size: i
         )
         out.append(
             AlignedFace(
-                image=np.asarray(warped, dtype=np.uint8),
+                image=np.array(warped, dtype=np.uint8),
                 size=size,
                 quad=geo["quad"],
                 quad_effective=_effective_quad(quad_final, params),
@@ -459,7 +461,7 @@ def align_faces(
     arr = np.asarray(img)
     det = get_detector(detector)
     if faces is None:
-        if landmark_image is not None and hasattr(det, "detect") and det.name == "dlib":
+        if landmark_image is not None and isinstance(det, DlibDetector):
             faces = det.detect(arr, landmark_image=landmark_image)
         else:
             faces = det.detect(arr)
@@ -473,6 +475,18 @@ def align_faces(
         r.index = next(i for i, f in enumerate(ranked) if f is r.face)
         r.params["faces_found"] = len(faces)
         r.params["detector"] = det.describe()
+        r.params["detect_pass"] = r.face.detect_pass
+        warnings = []
+        if r.qsize < r.size:
+            warnings.append(
+                f"face {r.index}: its aligned region spans only {r.qsize:.0f} px in the photo, less than the {r.size} px output: "
+                "the crop is upscaled and will look soft"
+            )
+        if r.face.detect_pass != "primary":
+            warnings.append(
+                f"face {r.index} was found by a fallback pass ({r.face.detect_pass}); the official detector settings find none here"
+            )
+        r.params["warnings"] = warnings
     return results
 
 
@@ -503,8 +517,7 @@ def align_file(
     landmark_image = None
     if (
         official_decode
-        and det.name == "dlib"
-        and hasattr(det, "load_official")
+        and isinstance(det, DlibDetector)
         and not info["transposed"]
         and alpha is None
         and info["mode"] in ("RGB", "L")

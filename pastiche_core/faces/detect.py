@@ -96,6 +96,8 @@ class Face:
     anchors: np.ndarray = field(default=None)  # type: ignore[assignment]
     index: int = 0
     detector: str = ""
+    #: which detection pass found it: "primary", or a fallback ("upsample0", "padded")
+    detect_pass: str = "primary"
 
     def __post_init__(self) -> None:
         self.landmarks = np.asarray(self.landmarks)
@@ -178,6 +180,10 @@ class DlibDetector(FaceDetector):
     ``upsample``: HOG upsampling passes (1 = official; finds faces down to about 40 px).
     ``detect_max_side``: detect on a copy scaled so its longest side is at most this many
     pixels (only when the photo is bigger); ``None`` for exact official parity.
+    ``fallback``: when the official pass finds nothing (where the official code crashes),
+    try again with ``upsample=0`` (very large faces) and then on a copy with a mirrored
+    border of 10 % (faces cut by the image edge, e.g. a chin outside the frame). Faces from
+    these passes have ``detect_pass`` "upsample0" / "padded".
     """
 
     name = "dlib"
@@ -190,8 +196,10 @@ class DlibDetector(FaceDetector):
         *,
         upsample: int = 1,
         detect_max_side: int | None = 2048,
+        fallback: bool = True,
     ) -> None:
         self.upsample = int(upsample)
+        self.fallback = bool(fallback)
         self.detect_max_side = int(detect_max_side) if detect_max_side else None
         self._predictor_path = Path(predictor_path) if predictor_path else None
         self._dlib = None
@@ -241,10 +249,21 @@ class DlibDetector(FaceDetector):
         side = f", detect_max_side={self.detect_max_side}" if self.detect_max_side else ""
         return f"dlib (HOG, upsample {self.upsample}{side})"
 
-    def rectangles(self, image: np.ndarray) -> list[tuple[tuple[int, int, int, int], float, int]]:
-        """Raw HOG detections as ((left, top, right, bottom), score, subdetector) in dlib order."""
+    def rectangles(
+        self, image: np.ndarray, *, upsample: int | None = None, pad_fraction: float = 0.0
+    ) -> list[tuple[tuple[int, int, int, int], float, int]]:
+        """Raw HOG detections as ((left, top, right, bottom), score, subdetector) in dlib order.
+
+        ``pad_fraction``: detect on a copy with a mirrored border of this fraction of the long
+        side (boxes are given in the original image's coordinates)."""
         self._setup()
         img = _check_image(image)
+        upsample = self.upsample if upsample is None else int(upsample)
+        if pad_fraction > 0:
+            p = max(1, int(round(pad_fraction * max(img.shape[:2]))))
+            padded = np.ascontiguousarray(np.pad(img, ((p, p), (p, p), (0, 0)), mode="reflect"))
+            found = self.rectangles(padded, upsample=upsample)
+            return [((b[0] - p, b[1] - p, b[2] - p, b[3] - p), sc, k) for b, sc, k in found]
         h, w = img.shape[:2]
         scale = 1.0
         if self.detect_max_side and max(h, w) > self.detect_max_side:
@@ -254,7 +273,7 @@ class DlibDetector(FaceDetector):
             small = (max(1, round(w * scale)), max(1, round(h * scale)))
             img = np.asarray(Image.fromarray(img).resize(small, Image.Resampling.BILINEAR, reducing_gap=2.0))
             scale_x, scale_y = w / small[0], h / small[1]
-        rects, scores, subs = self._detector.run(img, self.upsample, 0.0)
+        rects, scores, subs = self._detector.run(img, upsample, 0.0)
         out = []
         for r, s, k in zip(rects, scores, subs):
             box = (r.left(), r.top(), r.right(), r.bottom())
@@ -283,10 +302,22 @@ class DlibDetector(FaceDetector):
         src = img if landmark_image is None else _check_image(landmark_image)
         if src.shape != img.shape:
             raise ValueError("landmark_image must have the same shape as image")
+        passes = [("primary", {})]
+        if self.fallback:
+            if self.upsample != 0:
+                passes.append(("upsample0", {"upsample": 0}))
+            passes.append(("padded", {"pad_fraction": 0.1}))
+        for pass_name, kwargs in passes:
+            rects = self.rectangles(src, **kwargs)
+            if rects:
+                break
         faces = []
-        for i, (box, score, _sub) in enumerate(self.rectangles(src)):
+        for i, (box, score, _sub) in enumerate(rects):
             lm = self.landmarks(src, box)
-            faces.append(Face(box=tuple(float(v) for v in box), score=score, landmarks=lm, index=i, detector=self.name))
+            faces.append(
+                Face(box=tuple(float(v) for v in box), score=score, landmarks=lm, index=i, detector=self.name,
+                     detect_pass=pass_name)
+            )
         return faces
 
     def load_official(self, path: str | os.PathLike) -> np.ndarray:

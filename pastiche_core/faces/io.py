@@ -190,7 +190,7 @@ def to_rgb_uint8(
 
     if mode != "RGB":
         im = im.convert("RGB")
-    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8)), None, bit_depth
+    return np.array(im, dtype=np.uint8), None, bit_depth
 
 
 def save_image(

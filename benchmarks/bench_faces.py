@@ -1,0 +1,110 @@
+"""Time face detection, alignment and paste-back per photo, for every detector usable here.
+
+    python benchmarks/bench_faces.py                 # the test fixtures' photos
+    python benchmarks/bench_faces.py a.jpg b.png     # your photos
+    python benchmarks/bench_faces.py --huge          # also a generated 6000x4000 photo
+    python benchmarks/bench_faces.py --repeat 3 --size 1024
+
+Times are wall-clock seconds, best of --repeat, on a warm detector (model loading is shown
+once per backend). Detection uses our decoding (``detect`` on the loaded array); "align" is
+the recipe for the largest face with the PIL reference warp and with the torch warp.
+Not part of the test run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pastiche_core.errors import PasticheError  # noqa: E402
+from pastiche_core.faces import align as falign  # noqa: E402
+from pastiche_core.faces.detect import available_detectors, get_detector  # noqa: E402
+from pastiche_core.faces.io import load_image  # noqa: E402
+
+FIX = ROOT / "tests" / "fixtures"
+DEFAULT_PHOTOS = [
+    FIX / "align" / "dsg_unsplash-rDEOVtE7vOs" / "input.jpg",
+    FIX / "align" / "dsg_019706" / "input.jpg",
+    FIX / "edge" / "two_faces.jpg",
+    FIX / "edge" / "face_at_border.jpg",
+    FIX / "edge" / "tiny_face_60px.jpg",
+]
+
+
+def best_of(fn, repeat: int):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("photos", nargs="*", type=Path)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--huge", action="store_true", help="add a generated 6000x4000 photo")
+    ap.add_argument("--exact", action="store_true", help="dlib: detect at full size (detect_max_side=None)")
+    args = ap.parse_args(argv)
+
+    photos = list(args.photos) or [p for p in DEFAULT_PHOTOS if p.exists()]
+    tmp = None
+    if args.huge:
+        tmp = tempfile.TemporaryDirectory()
+        huge = Path(tmp.name) / "huge_6000x4000.jpg"
+        with Image.open(DEFAULT_PHOTOS[0]) as im:
+            im.convert("RGB").resize((6000, 4000), Image.Resampling.BICUBIC).save(huge, quality=90)
+        photos.append(huge)
+
+    import torch
+
+    print(f"torch threads: {torch.get_num_threads()}; output size {args.size}; best of {args.repeat}")
+    for name, reason in available_detectors().items():
+        if reason:
+            print(f"\n[{name}] unavailable: {reason}")
+            continue
+        opts = {"detect_max_side": None} if (name == "dlib" and args.exact) else {}
+        det = get_detector(name, **opts)
+        t = time.perf_counter()
+        try:
+            det.detect(np.zeros((64, 64, 3), np.uint8))  # loads the model
+        except PasticheError as exc:
+            print(f"\n[{name}] unavailable: {exc}")
+            continue
+        print(f"\n[{name}] {det.describe()}; model load + first call {time.perf_counter() - t:.2f} s")
+        print(f"{'photo':34s} {'size':>10s} {'load':>6s} {'detect':>7s} {'faces':>5s} {'align pil':>9s} {'align torch':>11s} {'paste':>6s}")
+        for p in photos:
+            try:
+                t_load, (rgb, _alpha, _info) = best_of(lambda: load_image(p), args.repeat)
+            except PasticheError as exc:
+                print(f"{p.name[:34]:34s} error: {exc}")
+                continue
+            t_det, faces = best_of(lambda: det.detect(rgb), args.repeat)
+            label = f"{p.parent.name}/{p.name}" if p.name == "input.jpg" else p.name
+            row = f"{label[-34:]:34s} {rgb.shape[1]:>5d}x{rgb.shape[0]:<4d} {t_load:6.2f} {t_det:7.2f} {len(faces):5d}"
+            if not faces:
+                print(row + "   (no face)")
+                continue
+            t_pil, aligned = best_of(lambda: falign.align_faces(rgb, faces=faces, size=args.size), args.repeat)
+            t_torch, _ = best_of(lambda: falign.align_faces(rgb, faces=faces, size=args.size, method="torch"), args.repeat)
+            from pastiche_core.faces.paste import paste_faces
+
+            t_paste, _ = best_of(lambda: paste_faces(rgb, [a.image for a in aligned], aligned), args.repeat)
+            print(row + f" {t_pil:9.2f} {t_torch:11.2f} {t_paste:6.2f}")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The ``align`` command: detect, align and save face crops.
+
+    python -m pastiche_core.faces.command align PHOTO --out OUT.png [--size 256]
+        [--face largest|all|N] [--detector NAME]
+
+``register(subparsers)`` adds the same command to another argparse program (the main
+``python -m pastiche_core`` CLI). Failures print one line, ``error: <message>``, to stderr
+and exit with status 2 (argparse usage errors also exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import PasticheError
+
+__all__ = ["register", "main", "run_align", "parse_face"]
+
+HELP = "detect and align faces (FFHQ recipe, as DualStyleGAN's --align_face)"
+DESCRIPTION = """\
+Detect faces in PHOTO, align them with the FFHQ recipe the official DualStyleGAN uses, and
+save SIZE x SIZE crops. With one face selected, the crop goes to OUT. With --face all, the
+faces go to numbered files next to OUT, largest first: OUT_0.png, OUT_1.png, ... (for
+--out crops/me.png: crops/me_0.png, crops/me_1.png, ...). The photo's EXIF orientation is
+applied first. Exit status 2 with a one-line message when no face is found or the photo
+cannot be read."""
+
+
+def parse_face(value: str) -> str | int:
+    """argparse type for --face: 'largest', 'all' or a non-negative integer."""
+    v = value.strip().lower()
+    if v in ("largest", "all"):
+        return v
+    if v.isdigit():
+        return int(v)
+    raise argparse.ArgumentTypeError(f"invalid face choice '{value}' (use largest, all or a number 0, 1, ...)")
+
+
+def _parse_size(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size '{value}' (a whole number of pixels, e.g. 256)") from None
+    if not 8 <= n <= 8192:
+        raise argparse.ArgumentTypeError(f"size {n} is out of range (8-8192)")
+    return n
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    from .detect import detector_names  # noqa: PLC0415 - light module, no heavy imports
+
+    p.add_argument("photo", metavar="PHOTO", help="the photo to read (JPEG, PNG, WebP, ...)")
+    p.add_argument(
+        "--out", required=True, metavar="OUT.png",
+        help="where to write the aligned crop; with --face all, numbered files OUT_0.png, OUT_1.png, ...",
+    )
+    p.add_argument("--size", type=_parse_size, default=256, help="side of the aligned crop in pixels (default 256, as DualStyleGAN)")
+    p.add_argument(
+        "--face", type=parse_face, default="largest", metavar="largest|all|N",
+        help="which face: the largest (default), all of them (numbered files, largest first), "
+        "or the N-th largest counting from 0",
+    )
+    names = detector_names()
+    p.add_argument(
+        "--detector", default="dlib", metavar="NAME",
+        help=f"face detector backend: {', '.join(names)} (default dlib: needs "
+        "'pip install dlib-bin face-recognition-models'; facexlib reads its weights from $PASTICHE_FACEXLIB_DIR)",
+    )
+    p.set_defaults(func=run_align)
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``align`` subcommand to an ``argparse`` subparsers object."""
+    p = subparsers.add_parser(
+        "align", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    _add_arguments(p)
+    return p
+
+
+def numbered_path(out: Path, i: int) -> Path:
+    return out.with_name(f"{out.stem}_{i}{out.suffix}")
+
+
+def run_align(args: argparse.Namespace) -> int:
+    from .align import align_file  # noqa: PLC0415
+    from .detect import get_detector  # noqa: PLC0415
+    from .io import _SAVE_FORMATS, save_image  # noqa: PLC0415
+
+    out = Path(args.out)
+    if out.suffix.lower() not in _SAVE_FORMATS:
+        raise PasticheError(f"output '{out}': unknown image extension '{out.suffix}' (use .png, .jpg or .webp)")
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise PasticheError(f"output '{out}': folder '{out.parent}' does not exist")
+    detector = get_detector(args.detector)
+    aligned, _rgb, _alpha, _info = align_file(args.photo, detector=detector, size=args.size, face=args.face)
+    found = aligned[0].params.get("faces_found", len(aligned))
+    if args.face == "all":
+        targets = [numbered_path(out, i) for i in range(len(aligned))]
+    else:
+        targets = [out]
+    for a, target in zip(aligned, targets):
+        save_image(target, a.image)
+        print(f"{target}: face {a.index} of {found}, {a.qsize:.0f} px in the photo, aligned to {a.size}x{a.size}")
+    for a in aligned:
+        for w in a.params.get("warnings", []):
+            print(f"note: {w}", file=sys.stderr)
+    if found > 1 and args.face != "all":
+        print(
+            f"note: {found} faces found in '{args.photo}'; wrote face {aligned[0].index} "
+            "(use --face all or --face N for others)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pastiche_core.faces.command", description="Pastiche face tools.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PasticheError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
