@@ -188,10 +188,11 @@ def draw_demo_caption(rgb: np.ndarray) -> np.ndarray:
     from PIL import Image, ImageDraw
 
     img = Image.fromarray(rgb)
+    opaque = (255,) if img.mode == "RGBA" else ()
     draw = ImageDraw.Draw(img)
     h = max(12, img.height // 16)
-    draw.rectangle([0, 0, img.width, h + 4], fill=(0, 0, 0))
-    draw.text((4, 2), f"{DEMO_LABEL} - not a real stylisation", fill=(255, 255, 0))
+    draw.rectangle([0, 0, img.width, h + 4], fill=(0, 0, 0) + opaque)
+    draw.text((4, 2), f"{DEMO_LABEL} - not a real stylisation", fill=(255, 255, 0) + opaque)
     return np.asarray(img)
 
 
@@ -217,13 +218,14 @@ def resolve_weights(weights: Sequence[float] | None, structure: float | None, co
 @dataclass
 class StylizeResult:
     image: np.ndarray                     # HxWx3 uint8: the stylised face (or the photo with it pasted back)
-    face: np.ndarray                      # HxWx3 uint8: the stylised face crop
+    face: np.ndarray                      # HxWx3 uint8: the (first) stylised face crop
     raw: torch.Tensor                     # [1, 3, S, S] generator output, unclamped
     instyle: torch.Tensor                 # [1, n, 512] intrinsic code (z+ or w+)
     exstyle_latent: torch.Tensor          # [1, n, 512] extrinsic z+ code after the colour swap
     exstyle: torch.Tensor                 # [1, n, 512] extrinsic w+ code fed to the generator
     demo: bool = False
     style_name: str | None = None
+    faces: list = field(default_factory=list)  # every stylised face crop (several with face="all")
     info: dict = field(default_factory=dict)
 
 
@@ -376,7 +378,7 @@ def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = 
             style_id: int | str = 0, exemplar: str | Path | np.ndarray | None = None, preserve_color: bool = False,
             wplus: bool = False, weights: Sequence[float] | None = None, structure: float | None = None,
             color: float | None = None, truncation: float = OFFICIAL_TRUNCATION, align_face: bool = False,
-            paste_back: bool = False, seed: int | None = None, device: torch.device | str = "cpu",
+            paste_back: bool = False, face: str | int = "largest", detector: str = "dlib", seed: int | None = None, device: torch.device | str = "cpu",
             dtype: torch.dtype = torch.float32, low_memory: bool = False, pipeline: StylePipeline | None = None,
             progress: Progress | None = None) -> StylizeResult:
     """Stylise a portrait photo after a bank style or an exemplar image.
@@ -387,6 +389,8 @@ def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = 
     weights / structure / color: per-layer weights, or the two knobs (default 0.75 / 1).
     truncation: of the intrinsic code toward 0 (official default 0.75).
     paste_back: put the stylised face back into the photo (needs ``align_face``).
+    face / detector: with ``align_face``, which faces ("largest", "all", an index) and the
+    detector backend (see :mod:`pastiche_core.faces.detect`).
     """
     if pipeline is None:
         if checkpoints is None:
@@ -400,22 +404,28 @@ def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = 
         raise InputError(f"truncation must be in [0, 1], got {truncation}")
 
     _report(progress, "load photo", 0.0)
-    alpha, aligned = None, None
-    if isinstance(photo, np.ndarray):
-        rgb, source = photo, "photo array"
-    else:
-        from .faces.io import load_image
-
-        rgb, alpha, _ = load_image(photo)
-        source = str(photo)
+    alpha, aligned = None, []
     if align_face:
         _report(progress, "align face", 0.1)
-        from .faces.align import align_faces
+        from .faces.align import align_faces, align_file
 
-        aligned = align_faces(rgb, size=256, face="largest")[0]
-        content = to_model_input(aligned.image)
-        # style_transfer.py --align_face: 256 crop, pixel-replicated to 1024 (pooled back by the encoder)
+        if isinstance(photo, np.ndarray):
+            rgb, source = photo, "photo array"
+            aligned = align_faces(rgb, size=256, face=face, detector=detector)
+        else:
+            aligned, rgb, alpha, _ = align_file(photo, size=256, face=face, detector=detector)
+            source = str(photo)
+        # style_transfer.py --align_face: the 256 crop is pixel-replicated to 1024 and pooled
+        # back to 256 by the encoder, i.e. the encoder sees the crop itself.
+        content = torch.cat([to_model_input(a.image) for a in aligned])
     else:
+        if isinstance(photo, np.ndarray):
+            rgb, source = photo, "photo array"
+        else:
+            from .faces.io import load_image
+
+            rgb, alpha, _ = load_image(photo)
+            source = str(photo)
         h, w = rgb.shape[:2]
         if h != w:
             raise InputError(f"{source} is {w}x{h}, not an aligned square face crop; pass --align-face to find and "
@@ -446,17 +456,19 @@ def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = 
     _report(progress, "generate", 0.5)
     raw, ex_latent, exstyle = pipeline.generate(instyle, ex_latent, wplus=wplus, preserve_color=preserve_color,
                                                 weights=layer_w, truncation=truncation, seed=seed)
-    face = to_uint8(raw)
-    image = face
+    faces = [to_uint8(r) for r in raw]
+    image = faces[0]
     if paste_back:
         _report(progress, "paste back", 0.9)
         from .faces.paste import paste_faces
 
-        image = paste_faces(rgb, [face], [aligned], alpha=alpha)
+        image = paste_faces(rgb, faces, aligned, alpha=alpha)
+    elif len(faces) > 1:  # several faces without paste-back: side by side
+        image = np.concatenate(faces, axis=1)
     if pipeline.demo:
         image = draw_demo_caption(image)
     _report(progress, "done", 1.0)
-    return StylizeResult(image=image, face=face, raw=raw.cpu(), instyle=instyle.cpu(), exstyle_latent=ex_latent.cpu(),
+    return StylizeResult(image=image, face=faces[0], faces=faces, raw=raw.cpu(), instyle=instyle.cpu(), exstyle_latent=ex_latent.cpu(),
                          exstyle=exstyle.cpu(), demo=pipeline.demo, style_name=style_name,
                          info={"weights": layer_w, "truncation": truncation, "seed": seed, "wplus": wplus,
                                "preserve_color": preserve_color})

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--color", type=float, metavar="C", help="colour weight for layers 7-17 (default 1)")
     parser.add_argument("--truncation", type=float, default=0.75, metavar="T", help="truncation of the photo's code (default 0.75)")
     parser.add_argument("--align-face", action="store_true", help="detect and align the face first (FFHQ recipe)")
+    parser.add_argument("--face", default="largest", metavar="largest|all|N",
+                        help="with --align-face: which face(s) to stylise (default largest; all = every face)")
+    parser.add_argument("--detector", default="dlib", help="face detector backend (default dlib)")
     parser.add_argument("--paste-back", action="store_true", help="paste the stylised face back into the photo (with --align-face)")
     parser.add_argument("--seed", type=int, metavar="N",
                         help="draw the noise maps as the official script after torch.manual_seed(N) (default: fixed stored noise)")
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     result = stylize(args.photo, checkpoints=args.checkpoints, style=args.style, style_id=args.style_id,
                      exemplar=args.exemplar, preserve_color=args.preserve_color, wplus=args.wplus,
                      weights=args.weights, structure=args.structure, color=args.color, truncation=args.truncation,
-                     align_face=args.align_face, paste_back=args.paste_back, seed=args.seed, device=device,
+                     align_face=args.align_face, paste_back=args.paste_back,
+                     face=int(args.face) if str(args.face).isdigit() else args.face, detector=args.detector, seed=args.seed, device=device,
                      dtype=dtype, low_memory=args.low_memory, progress=progress_printer(args.quiet))
     save_png(out, result.image, demo=result.demo,
              text={"pastiche:style": str(result.style_name), "pastiche:settings": json.dumps(result.info)})
