@@ -183,6 +183,26 @@ def exemplar_input(rgb: np.ndarray) -> torch.Tensor:
     return to_model_input(np.asarray(img.crop((left, top, left + 256, top + 256))))
 
 
+def exemplar_face(exemplar: str | Path | np.ndarray, detector: str = "dlib") -> np.ndarray:
+    """An exemplar as RGB uint8: square images are used as they are (the official style images
+    are aligned squares); others are face-aligned first, or refused with a clear message."""
+    from .faces.io import load_image
+
+    name = "the exemplar image" if isinstance(exemplar, np.ndarray) else f"exemplar '{exemplar}'"
+    rgb = exemplar if isinstance(exemplar, np.ndarray) else load_image(exemplar)[0]
+    h, w = rgb.shape[:2]
+    if abs(h - w) <= max(2, 0.02 * max(h, w)):
+        return rgb
+    from .faces.align import align_faces
+    from .faces.detect import NoFaceError
+
+    try:
+        return align_faces(rgb, size=256, face="largest", detector=detector, what=name)[0].image
+    except NoFaceError as exc:
+        raise InputError(f"{name} is {w}x{h}, not a square face image, and no face was found in it to align; "
+                         f"use a square, face-centred exemplar (like the official style images) or a portrait") from None
+
+
 def draw_demo_caption(rgb: np.ndarray) -> np.ndarray:
     """Stamp "DEMO WEIGHTS" on the image so a demo output is never mistaken for a real one."""
     from PIL import Image, ImageDraw
@@ -440,12 +460,7 @@ def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = 
     style_name = None
     if exemplar is not None:
         _report(progress, "encode exemplar", 0.35)
-        if isinstance(exemplar, np.ndarray):
-            ex_rgb = exemplar
-        else:
-            from .faces.io import load_image
-
-            ex_rgb = load_image(exemplar)[0]
+        ex_rgb = exemplar_face(exemplar, detector)
         ex_latent = pipeline.exemplar_code(ex_rgb)
         style_name = "exemplar" if isinstance(exemplar, np.ndarray) else Path(exemplar).name
     else:

@@ -92,3 +92,20 @@ def test_two_faces_both_stylised_in_place(tmp_path, capsys):
     assert left.mean() > 0.05 and right.mean() > 0.05  # both faces were replaced
     # outside the faces (image borders, away from both face masks) nothing moved
     assert not changed[h - 8:, :].any() and not changed[40:, :8].any() and not changed[40:, w - 8:].any()
+
+
+@needs_dlib
+def test_exemplar_without_a_face_is_refused(tmp_path, capsys):
+    out = tmp_path / "out.png"
+    code = cli.main(["stylize", str(PHOTO), "--checkpoints", str(tmp_path), "--exemplar",
+                     str(EDGE / "no_face_landscape.jpg"), "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "no face was found" in err and "no_face_landscape.jpg" in err and not out.exists()
+
+
+def test_exemplar_that_is_not_an_image(tmp_path, capsys):
+    out = tmp_path / "out.png"
+    code = cli.main(["stylize", str(PHOTO), "--checkpoints", str(tmp_path), "--exemplar",
+                     str(EDGE / "not_an_image.png"), "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "not an image" in err and not out.exists()
