@@ -356,6 +356,19 @@ class StylePipeline:
         (destylization stage I). The exemplar should be a face, roughly centred."""
         return self.encode(exemplar_input(rgb), "z+")
 
+    def faithful_exemplar_code(self, rgb: np.ndarray, steps: int = 100, progress: Progress | None = None,
+                               should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+        """Faithful mode: the fast code, then refined against the generator for ``steps`` steps
+        (see :func:`pastiche_core.refine.refine_exstyle`)."""
+        from .refine import refine_exstyle
+
+        target = exemplar_input(rgb)
+        fast = self.encode(target, "z+")
+        report = None if progress is None else (lambda i, n, loss: progress(f"refine exemplar {i}/{n} (loss {loss:.3f})", i / n))
+        code, _ = refine_exstyle(self.generator, fast, fast, target, steps=steps, progress=report,
+                                 should_stop=should_stop)
+        return code
+
     def style_code(self, style_id: int | str) -> tuple[torch.Tensor, str]:
         bank = self.bank
         return bank[style_id], bank.name_of(style_id)
@@ -398,14 +411,16 @@ def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = 
             style_id: int | str = 0, exemplar: str | Path | np.ndarray | None = None, preserve_color: bool = False,
             wplus: bool = False, weights: Sequence[float] | None = None, structure: float | None = None,
             color: float | None = None, truncation: float = OFFICIAL_TRUNCATION, align_face: bool = False,
-            paste_back: bool = False, face: str | int = "largest", detector: str = "dlib", seed: int | None = None, device: torch.device | str = "cpu",
+            exemplar_steps: int = 0, paste_back: bool = False, face: str | int = "largest", detector: str = "dlib", seed: int | None = None, device: torch.device | str = "cpu",
             dtype: torch.dtype = torch.float32, low_memory: bool = False, pipeline: StylePipeline | None = None,
             progress: Progress | None = None) -> StylizeResult:
     """Stylise a portrait photo after a bank style or an exemplar image.
 
     photo: a path or an HxWx3 uint8 array; an aligned square face crop unless ``align_face``.
     checkpoints/style: the official-layout folder and style name (or pass ``pipeline``).
-    style_id: index or name in the style bank; ``exemplar`` (an image) replaces it.
+    style_id: index or name in the style bank; ``exemplar`` (an image) replaces it: encoded in
+    one pass (fast mode), or refined against the generator for ``exemplar_steps`` steps
+    (faithful mode, see :mod:`pastiche_core.refine`).
     weights / structure / color: per-layer weights, or the two knobs (default 0.75 / 1).
     truncation: of the intrinsic code toward 0 (official default 0.75).
     paste_back: put the stylised face back into the photo (needs ``align_face``).
@@ -461,7 +476,10 @@ def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = 
     if exemplar is not None:
         _report(progress, "encode exemplar", 0.35)
         ex_rgb = exemplar_face(exemplar, detector)
-        ex_latent = pipeline.exemplar_code(ex_rgb)
+        if exemplar_steps:
+            ex_latent = pipeline.faithful_exemplar_code(ex_rgb, exemplar_steps, progress)
+        else:
+            ex_latent = pipeline.exemplar_code(ex_rgb)
         style_name = "exemplar" if isinstance(exemplar, np.ndarray) else Path(exemplar).name
     else:
         ex_latent, style_name = pipeline.style_code(style_id)

@@ -159,3 +159,23 @@ def test_cli_generate_random_styles_demo(tmp_path, capsys):
         assert img.size == (512, 256) and "DEMO" in img.info["pastiche:weights"]
     code, _, stderr = run_cli(["generate", "--checkpoints", tmp_path, "--batch", "1", "--out", out], capsys)
     assert code == 2 and "at least 2" in stderr
+
+
+def test_faithful_exemplar_mode_refines_the_code(demo):
+    from pastiche_core.pipeline import exemplar_input
+    from pastiche_core.refine import refine_exstyle
+
+    rgb = np.asarray(Image.open(EXEMPLAR).convert("RGB"))
+    target = exemplar_input(rgb)
+    fast = demo.exemplar_code(rgb)
+    steps = []
+    code, losses = refine_exstyle(demo.generator, fast, fast, target, steps=3,
+                                  progress=lambda i, n, loss: steps.append((i, n)))
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert code.shape == fast.shape and torch.isfinite(code).all()
+    assert min(losses[1:]) < losses[0], losses  # the optimisation moves toward the exemplar
+    assert not torch.equal(code, fast)
+    assert not any(p.requires_grad for p in demo.generator.parameters())
+    # stopping early keeps the best code so far
+    code0, losses0 = refine_exstyle(demo.generator, fast, fast, target, steps=4, should_stop=lambda: True)
+    assert losses0 == [] and torch.equal(code0, fast)

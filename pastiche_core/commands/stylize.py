@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--style-id", type=_style_id, default=0, metavar="ID",
                         help="index (official --style_id) or name of the style in the bank (default 0)")
     parser.add_argument("--exemplar", metavar="IMG", help="use this image's style instead of a bank entry")
+    parser.add_argument("--exemplar-steps", type=int, default=0, metavar="N",
+                        help="faithful mode: refine the exemplar's code against the generator for N steps "
+                             "(default 0 = fast mode, one encoder pass; ~100 steps is the official refinement)")
     parser.add_argument("--preserve-color", action="store_true", help="keep the photo's colours (official --preserve_color)")
     parser.add_argument("--wplus", action="store_true", help="encode the photo in W+ with encoder_wplus.pt (official --wplus)")
     parser.add_argument("--weights", type=float, nargs="+", metavar="W",
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_output(args.out)
     device, dtype = torch_device_dtype(args)
     result = stylize(args.photo, checkpoints=args.checkpoints, style=args.style, style_id=args.style_id,
-                     exemplar=args.exemplar, preserve_color=args.preserve_color, wplus=args.wplus,
+                     exemplar=args.exemplar, exemplar_steps=args.exemplar_steps, preserve_color=args.preserve_color, wplus=args.wplus,
                      weights=args.weights, structure=args.structure, color=args.color, truncation=args.truncation,
                      align_face=args.align_face, paste_back=args.paste_back,
                      face=int(args.face) if str(args.face).isdigit() else args.face, detector=args.detector, seed=args.seed, device=device,
