@@ -84,6 +84,37 @@ class ModulatedConv2d(nn.Module):
             weight = weight * gain
         return weight
 
+    # Batches at or below this many output pixels run as one shared-weight convolution with the
+    # style applied to the activations (one big GEMM beats B small ones); above it, per sample.
+    BATCHED_MAX_PIXELS = 64 * 64
+
+    def use_batched(self, x: torch.Tensor) -> bool:
+        side = x.shape[-1] * (2 if self.upsample else 1)
+        return x.shape[0] > 1 and side * side <= self.BATCHED_MAX_PIXELS
+
+    def conv_batched(self, x: torch.Tensor, style: torch.Tensor, gain: float = 1.0,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Fast path for batches: ``conv(x * s, W) * demod`` with the weight shared by the batch
+        (the same function as per-sample modulated weights, regrouped)."""
+        s = self.modulation(style) * self.scale                      # [B, in]
+        w = self.weight[0]                                            # [out, in, k, k]
+        x = x * s[:, :, None, None].to(x.dtype)
+        if self.upsample:
+            out = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
+        else:
+            out = F.conv2d(x, w, padding=self.padding)
+        if self.demodulate:
+            scale = torch.rsqrt((s * s) @ w.pow(2).sum([2, 3]).t() + 1e-8) * gain   # [B, out]
+        else:
+            scale = torch.full_like(s[:, :1], gain).expand(-1, self.out_channels)
+        if self.upsample:  # the blur is linear and per channel: scale before it, bias inside it
+            out = out * scale[:, :, None, None]
+            c = out.shape[1]
+            kernel = torch.flip(self.blur.kernel, [0, 1]).to(out).view(1, 1, 4, 4).expand(c, 1, 4, 4)
+            return F.conv2d(out, kernel, bias, padding=self.blur.pad[0], groups=c)
+        out = out * scale[:, :, None, None]
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
+
     def conv_per_sample(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """Fast path: one dense convolution per sample (no grouped conv, no zero insertion)."""
         outs = []
@@ -115,9 +146,11 @@ class ModulatedConv2d(nn.Module):
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1] == self.in_channels, (x.shape, self.in_channels)
         assert style.ndim == 2 and style.shape[0] == x.shape[0], (style.shape, x.shape)
-        if self.fast:
-            return self.conv_per_sample(x, self.modulated_weight(style))
-        return self.forward_reference(x, style)
+        if not self.fast:
+            return self.forward_reference(x, style)
+        if self.use_batched(x):
+            return self.conv_batched(x, style)
+        return self.conv_per_sample(x, self.modulated_weight(style))
 
 
 class NoiseInjection(nn.Module):
@@ -159,8 +192,11 @@ class StyledConv(nn.Module):
             return self.activate(self.noise(self.conv.forward_reference(x, style), noise))
         # sqrt(2) * lrelu(y) == lrelu(sqrt(2) * y): fold the gain into the weights, the bias and
         # the noise strength, so the activation is a single in-place pass.
-        weight = self.conv.modulated_weight(style, gain=SQRT2)
-        out = self.conv.conv_per_sample(x, weight, self.activate.bias * SQRT2)
+        if self.conv.use_batched(x):
+            out = self.conv.conv_batched(x, style, SQRT2, self.activate.bias * SQRT2)
+        else:
+            weight = self.conv.modulated_weight(style, gain=SQRT2)
+            out = self.conv.conv_per_sample(x, weight, self.activate.bias * SQRT2)
         out = out.addcmul_(noise.to(out.dtype), self.noise.weight * SQRT2)
         return F.leaky_relu_(out, LRELU_SLOPE)
 
