@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fixture_weights import fixture_state_dict, fixture_tensor
+from pastiche_core.reference.fixture_weights import fixture_state_dict, fixture_tensor
 from pastiche_core.errors import CheckpointError, InputError
 from pastiche_core.models.irse import Backbone, arcface_input
 from pastiche_core.models.psp import PSPEncoder, infer_space

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fixture_weights import fixture_state_dict, fixture_tensor
+from pastiche_core.reference.fixture_weights import fixture_state_dict, fixture_tensor
 from pastiche_core.errors import CheckpointError, InputError
 from pastiche_core.models.sampler import ICPNet, StyleSampler
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fixture_weights import fixture_tensor
+from pastiche_core.reference.fixture_weights import fixture_tensor
 from pastiche_core.errors import CheckpointError, InputError
 from pastiche_core.models.dualstylegan import DEFAULT_INTERP_WEIGHTS
 from pastiche_core.models.stylegan2 import mapping_network
