@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_parsed(args: argparse.Namespace) -> int:
+    """Run a parsed command: ``error: <one line>`` and status 2 for user errors, never a traceback."""
     # Our own warnings (demo weights, ...) are printed as one plain line, not with a source excerpt.
     warnings.showwarning = lambda message, category, *a, **k: print(f"warning: {message}", file=sys.stderr)
     try:
@@ -48,5 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_parsed(build_parser().parse_args(argv))
