@@ -11,7 +11,6 @@ adds face detection + alignment (needs dlib) to the whole-pipeline figure.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import resource
 import sys

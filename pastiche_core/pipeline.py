@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import CheckpointError, InputError
 from .models import DEFAULT_INTERP_WEIGHTS, DualStyleGAN, layer_weights
@@ -198,7 +196,7 @@ def exemplar_face(exemplar: str | Path | np.ndarray, detector: str = "dlib") -> 
 
     try:
         return align_faces(rgb, size=256, face="largest", detector=detector, what=name)[0].image
-    except NoFaceError as exc:
+    except NoFaceError:
         raise InputError(f"{name} is {w}x{h}, not a square face image, and no face was found in it to align; "
                          f"use a square, face-centred exemplar (like the official style images) or a portrait") from None
 

@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import SQRT2, LRELU_SLOPE, Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, \
-    blur_fast, set_fast_path
+from .ops import LRELU_SLOPE, SQRT2, Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, set_fast_path
 
 # Noise argument of the generators: "stored" (the checkpoint's buffers, deterministic),
 # "random" (fresh N(0, 1) maps, from ``generator`` if given), or one tensor per layer

@@ -79,7 +79,6 @@ def uses_preserve_color(meta: dict) -> bool:
 def replay_case(arrays: dict[str, np.ndarray], meta: dict, model: torch.nn.Module) -> dict[str, np.ndarray]:
     """Run one case through our API and return ``{out_name: array}`` (float32)."""
     kw = _kwargs(meta)
-    call = meta.get("call", "")
     p = next(model.parameters())
     t = {k[3:]: torch.from_numpy(np.asarray(v, dtype=np.float32)).to(p) for k, v in arrays.items() if k.startswith("in_")}
     g = model.generator if isinstance(model, DualStyleGAN) else model
