@@ -217,17 +217,16 @@ def draw_demo_caption(rgb: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Pipeline
 # --------------------------------------------------------------------------------------------
-def resolve_weights(weights: Sequence[float] | None, structure: float | None, color: float | None,
-                    n_latent: int) -> list[float]:
-    """Per-layer weights from a full list, or from a structure and/or colour weight (the others
-    keep the official default)."""
+def resolve_weights(weights: Sequence[float] | None, structure: float | None, color: float | None) -> list[float]:
+    """Per-layer weights from a full list (one per latent row: 18 at 1024, 14 at 256), or from a
+    structure and/or colour weight (the other keeps the official default)."""
     if weights is not None:
         if structure is not None or color is not None:
             raise InputError("give either the per-layer weights or --structure/--color, not both")
         weights = [float(w) for w in weights]
-        if len(weights) not in (n_latent, 18):
-            raise InputError(f"expected {n_latent} (or 18) per-layer weights, got {len(weights)}")
-        return weights + [1.0] * (18 - len(weights))
+        if len(weights) not in (14, 18):
+            raise InputError(f"expected 18 per-layer weights (14 for a 256 px model), got {len(weights)}")
+        return weights
     s = 0.75 if structure is None else float(structure)
     c = 1.0 if color is None else float(color)
     return layer_weights(s, c, 18)
@@ -339,7 +338,8 @@ class StylePipeline:
 
     @property
     def n_latent(self) -> int:
-        return 2 * int(math.log2(DEMO_SIZE)) - 2 if self.demo else 18
+        """Latent rows of the generator (18 at 1024, 14 at 256)."""
+        return self.generator.n_latent
 
     # -- steps -------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -385,6 +385,8 @@ class StylePipeline:
         Returns ``(image [B, 3, S, S] unclamped, exstyle_latent, exstyle)``.
         """
         g = self.generator
+        if len(weights) < g.n_latent:
+            raise InputError(f"expected {g.n_latent} per-layer weights for this {g.size} px model, got {len(weights)}")
         instyle = instyle.to(self.device, self.dtype)
         latent = exstyle_latent.to(self.device, self.dtype).clone()
         if preserve_color and not wplus:
@@ -431,8 +433,7 @@ def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = 
         pipeline = StylePipeline.from_folder(checkpoints, style, device=device, dtype=dtype, low_memory=low_memory)
     if paste_back and not align_face:
         raise InputError("paste_back needs align_face (the stylised crop is placed with the alignment transform)")
-    n = pipeline.n_latent
-    layer_w = resolve_weights(weights, structure, color, n)
+    layer_w = resolve_weights(weights, structure, color)
     if not 0.0 <= float(truncation) <= 1.0:
         raise InputError(f"truncation must be in [0, 1], got {truncation}")
 

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
                                     fix_color=args.fix_color or None)
     if args.fix_content:
         instyle = instyle[:1].expand_as(instyle)
-    weights = resolve_weights(args.weights, None, None, pipe.n_latent)
+    weights = resolve_weights(args.weights, None, None)
     g = pipe.generator
     with torch.inference_mode():
         exstyle = g.map_exstyle(exstyle_z.to(device, dtype))

@@ -1,0 +1,140 @@
+"""AlignFace and PasteFaceBack: FFHQ alignment of every face in a batch, and the way back."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from .common import CATEGORY, PasticheNodeError, Progress, check_image, image_to_uint8, uint8_to_image
+from .types import FaceInfo, PasticheFaces
+
+FACE_MODES = ["largest", "index", "all"]
+
+
+def _detector_options() -> list[str]:
+    from pastiche_core.faces.detect import detector_names
+
+    return list(detector_names())
+
+
+class AlignFace(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PasticheAlignFace", display_name="Align Face (FFHQ)", category=f"{CATEGORY}/faces",
+            description=("Finds faces in every photo of the batch and crops each one the way DualStyleGAN expects "
+                         "(the official FFHQ alignment). Outputs the crops as an IMAGE batch and the face info that "
+                         "Paste Face Back needs to put stylised crops back into the photos."),
+            inputs=[
+                io.Image.Input("image", tooltip="Photos (any size); every image of the batch is searched."),
+                io.Combo.Input("detector", options=_detector_options(), default="dlib",
+                               tooltip="Face detector. dlib: the official detector + 68 landmarks (needs the "
+                                       "dlib-bin and face-recognition-models packages). facexlib: RetinaFace, needs its "
+                                       "weights file (see the Pastiche README)."),
+                io.Combo.Input("face", options=FACE_MODES, default="largest",
+                               tooltip="Which faces per photo: the largest, the one at 'index' (0 = largest), or all "
+                                       "(largest first)."),
+                io.Int.Input("index", default=0, min=0, max=63,
+                             tooltip="With face = index: which face, by size (0 = largest)."),
+                io.Int.Input("size", default=256, min=64, max=1024, step=8,
+                             tooltip="Crop size in pixels. 256 is what the encoder reads; the official 1024 "
+                                     "crops are pooled to 256 anyway."),
+                io.Boolean.Input("skip_missing", default=False,
+                                 tooltip="Skip photos where no face is found instead of stopping with an error."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="faces", tooltip="Aligned face crops [N, size, size, 3]."),
+                PasticheFaces.Output(display_name="face_info",
+                                     tooltip="Where each crop came from (for Paste Face Back)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image, detector: str = "dlib", face: str = "largest", index: int = 0, size: int = 256,
+                skip_missing: bool = False) -> io.NodeOutput:
+        from pastiche_core.errors import PasticheError
+        from pastiche_core.faces.align import align_faces
+        from pastiche_core.faces.detect import NoFaceError
+
+        image = check_image(image, "image")
+        photos = image_to_uint8(image)
+        choice = int(index) if face == "index" else face
+        progress = Progress(len(photos))
+        crops, faces, skipped = [], [], []
+        for b, rgb in enumerate(photos):
+            h, w = rgb.shape[:2]
+            what = f"image {b + 1} of the batch" if len(photos) > 1 else "the image"
+            try:
+                aligned = align_faces(rgb, detector=detector, size=int(size), face=choice, what=what)
+            except NoFaceError as exc:
+                if skip_missing:
+                    skipped.append(b)
+                    progress.step()
+                    continue
+                raise PasticheNodeError(f"No face found in {what} ({w}x{h}): {exc}. Try another detector, a larger "
+                                        f"or more frontal photo, or turn on skip_missing.") from None
+            except PasticheError as exc:
+                raise PasticheNodeError(f"Align Face, {what}: {exc}") from None
+            for af in aligned:
+                crops.append(af.image)
+                faces.append((b, af))
+            progress.step()
+        if not crops:
+            raise PasticheNodeError(f"No face found in any of the {len(photos)} images (detector {detector}).")
+        info = FaceInfo(image_sizes=[p.shape[:2] for p in photos], faces=faces, crop_size=int(size))
+        return io.NodeOutput(uint8_to_image(crops), info)
+
+
+class PasteFaceBack(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PastichePasteFaceBack", display_name="Paste Face Back", category=f"{CATEGORY}/faces",
+            description=("Puts stylised face crops back into the original photos: each crop is warped with the "
+                         "inverse of its alignment and blended through a feathered face-shaped mask; pixels outside "
+                         "the masks are unchanged."),
+            inputs=[
+                io.Image.Input("image", tooltip="The original photos (the batch that went into Align Face)."),
+                io.Image.Input("faces", tooltip="The stylised crops, one per aligned face, in Align Face's order "
+                                                "(any square size)."),
+                PasticheFaces.Input("face_info", tooltip="Face info from the same Align Face node."),
+                io.Float.Input("feather", default=0.03, min=0.0, max=0.2, step=0.005,
+                               tooltip="Softness of the mask edge, as a fraction of the crop size."),
+                io.Combo.Input("mask", options=["ellipse", "landmarks"], default="ellipse",
+                               tooltip="Mask shape: an ellipse over the face, or the face outline from the 68 "
+                                       "landmarks (dlib only)."),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The photos with the stylised faces pasted in.")],
+        )
+
+    @classmethod
+    def execute(cls, image, faces, face_info: FaceInfo, feather: float = 0.03, mask: str = "ellipse") -> io.NodeOutput:
+        from pastiche_core.errors import PasticheError
+        from pastiche_core.faces.paste import paste_faces
+
+        if not isinstance(face_info, FaceInfo):
+            raise PasticheNodeError("face_info must come from an Align Face node")
+        image, faces = check_image(image, "image"), check_image(faces, "faces")
+        photos = image_to_uint8(image)
+        if [p.shape[:2] for p in photos] != [tuple(s) for s in face_info.image_sizes]:
+            raise PasticheNodeError(f"image does not match face_info: got {len(photos)} photos of sizes "
+                                    f"{[p.shape[1::-1] for p in photos]}, the faces were aligned in "
+                                    f"{len(face_info.image_sizes)} photos of sizes "
+                                    f"{[tuple(s)[::-1] for s in face_info.image_sizes]}; connect the photos that went into Align Face")
+        if faces.shape[0] != len(face_info.faces):
+            raise PasticheNodeError(f"got {faces.shape[0]} face crops for {len(face_info.faces)} aligned faces; "
+                                    "stylise each aligned face once (one style per face) before pasting back")
+        if faces.shape[1] != faces.shape[2]:
+            raise PasticheNodeError(f"face crops must be square, got {faces.shape[2]}x{faces.shape[1]}")
+        crops = faces.numpy()
+        progress = Progress(len(photos))
+        out = []
+        for b, rgb in enumerate(photos):
+            idx = [i for i, (bi, _) in enumerate(face_info.faces) if bi == b]
+            if idx:
+                try:
+                    rgb = paste_faces(rgb, [crops[i] for i in idx], [face_info.faces[i][1] for i in idx],
+                                      mask=mask, feather=float(feather), value_range=(0.0, 1.0))
+                except PasticheError as exc:
+                    raise PasticheNodeError(f"Paste Face Back, image {b + 1}: {exc}") from None
+            out.append(rgb)
+            progress.step()
+        return io.NodeOutput(uint8_to_image(out))

@@ -1,0 +1,202 @@
+"""LoadDualStyleGAN and the model bundle registered with ComfyUI's memory manager."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from pathlib import Path
+
+from comfy_api.latest import io
+
+from .common import CATEGORY, MODEL_FOLDER, PasticheNodeError, model_roots
+from .types import DualStyleGANModel
+
+log = logging.getLogger("pastiche")
+
+DEMO_STYLE = "demo (random weights)"
+PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
+_GEN_FILES = ("generator.pt", "generator.safetensors")
+
+
+def find_styles() -> dict[str, Path]:
+    """Style name -> its root (the folder holding encoder.pt), over every registered
+    ``dualstylegan`` folder; the first root wins for a name found twice."""
+    styles: dict[str, Path] = {}
+    for root in model_roots():
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            if e.is_dir() and e.name not in styles and any(os.path.isfile(os.path.join(e.path, f)) for f in _GEN_FILES):
+                styles[e.name] = Path(root)
+    return styles
+
+
+def style_options() -> list[str]:
+    return list(find_styles()) + [DEMO_STYLE]
+
+
+class DualStyleGANBundle:
+    """A :class:`pastiche_core.pipeline.StylePipeline` whose models are handed to ComfyUI's memory
+    manager: each model is wrapped in a ``ModelPatcher`` and loaded with ``load_models_gpu`` right
+    before use, so ComfyUI moves it to its device, accounts for it and offloads it when needed."""
+
+    def __init__(self, pipeline, style: str, root: Path | None, load_device, offload_device, dtype):
+        self.pipeline, self.style, self.root = pipeline, style, root
+        self.load_device, self.offload_device, self.dtype = load_device, offload_device, dtype
+        self._patchers: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    demo = property(lambda self: self.pipeline.demo)
+
+    @property
+    def n_latent(self) -> int:
+        """Latent rows of the loaded generator (18 at 1024 px, 14 at 256 px)."""
+        return int(self.pipeline.n_latent)
+
+    def __repr__(self) -> str:
+        return f"DualStyleGANBundle(style={self.style!r}, demo={self.demo}, device={self.load_device}, dtype={self.dtype})"
+
+    def _managed(self, key: str, build):
+        import comfy.model_management as mm
+        import comfy.model_patcher
+
+        with self._lock:
+            self.pipeline.device = self.offload_device  # new models are built off the compute device
+            try:
+                model = build()
+            finally:
+                self.pipeline.device = self.load_device
+            patcher = self._patchers.get(key)
+            if patcher is None or patcher.model is not model:
+                patcher = comfy.model_patcher.ModelPatcher(model, load_device=self.load_device,
+                                                           offload_device=self.offload_device)
+                self._patchers[key] = patcher
+            mm.load_models_gpu([patcher])
+            return model
+
+    @property
+    def patchers(self) -> dict:
+        return dict(self._patchers)
+
+    def generator(self):
+        return self._managed("generator", lambda: self.pipeline.generator)
+
+    def encoder(self, space: str = "z+"):
+        return self._managed(f"encoder{space}", lambda: self.pipeline.encoder(space))
+
+    @property
+    def bank(self):
+        return self.pipeline.bank
+
+    def sampler(self):
+        return self._managed("sampler", lambda: self.pipeline.sampler)
+
+    def has_sampler(self) -> bool:
+        return self.demo or self.pipeline.paths.sampler is not None
+
+    # -- library calls with the models loaded by ComfyUI --------------------------------------
+    def encode(self, x, space: str = "z+"):
+        self.encoder(space)
+        return self.pipeline.encode(x, space)
+
+    def exemplar_code(self, rgb):
+        self.encoder("z+")
+        return self.pipeline.exemplar_code(rgb)
+
+    def generate(self, *args, **kwargs):
+        self.generator()
+        return self.pipeline.generate(*args, **kwargs)
+
+
+def _pick_dtype(precision: str, device, n_params: int):
+    import torch
+    import comfy.model_management as mm
+
+    if precision == "fp32":
+        return torch.float32
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cpu":
+        return torch.float32
+    # auto: honour ComfyUI's --fp16-unet / --bf16-unet / --fp32-unet and the device's capabilities
+    return mm.unet_dtype(device=device, model_params=n_params,
+                         supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+
+
+_CACHE: dict[tuple, DualStyleGANBundle] = {}
+
+
+def load_bundle(style: str, precision: str = "auto") -> DualStyleGANBundle:
+    import comfy.model_management as mm
+    from pastiche_core.errors import PasticheError
+    from pastiche_core.pipeline import DemoWeightsWarning, StylePipeline
+
+    load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
+    dtype = _pick_dtype(precision, load_device, 300_000_000)
+    if style == DEMO_STYLE:
+        root, stylename = None, "demo"
+    else:
+        styles = find_styles()
+        if style not in styles:
+            where = ", ".join(model_roots()) or f"models/{MODEL_FOLDER}"
+            raise PasticheNodeError(f"style folder '{style}' not found in {where}; put the official "
+                                    f"'{style}/generator.pt' there (see the Pastiche README) or pick another style")
+        root, stylename = styles[style], style
+    key = (str(root), stylename, str(load_device), str(dtype))
+    if key in _CACHE:
+        return _CACHE[key]
+    try:
+        if root is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DemoWeightsWarning)
+                pipe = StylePipeline(None, demo=True, device=offload_device, dtype=dtype)
+            log.warning("Pastiche: using built-in DEMO weights (random, 256 px): outputs only show the graph working")
+        else:
+            pipe = StylePipeline.from_folder(root, stylename, allow_demo=False, device=offload_device, dtype=dtype)
+            pipe.paths.require("generator")
+            pipe.paths.require("encoder")
+            pipe.paths.require("bank")
+        bundle = DualStyleGANBundle(pipe, stylename, root, load_device, offload_device, dtype)
+        # load the parts every graph needs now, so a wrong file fails here, in the loader
+        bundle.generator()
+        bundle.encoder("z+")
+        bundle.bank  # noqa: B018
+    except PasticheError as exc:
+        raise PasticheNodeError(f"cannot load DualStyleGAN style '{style}': {exc}") from None
+    _CACHE.clear()  # keep one bundle: ComfyUI's cache holds the node output anyway
+    _CACHE[key] = bundle
+    return bundle
+
+
+class LoadDualStyleGAN(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoadDualStyleGAN", display_name="Load DualStyleGAN", category=f"{CATEGORY}/loaders",
+            description=("Loads one DualStyleGAN style from models/dualstylegan/: the folder is laid out like the "
+                         "official checkpoint/ release (encoder.pt, encoder_wplus.pt, <style>/generator.pt, "
+                         "<style>/refined_exstyle_code.npy or exstyle_code.npy, <style>/sampler.pt), or our "
+                         ".safetensors files of the same names. Outputs the generator, encoders, style bank and "
+                         "sampler as one model, managed by ComfyUI (device, offloading, precision). "
+                         "'demo (random weights)' needs no files and only shows the graph working."),
+            inputs=[
+                io.Combo.Input("style", options=style_options(),
+                               tooltip="A style folder in models/dualstylegan/ (e.g. cartoon, arcane, anime) that "
+                                       "holds generator.pt; encoder.pt sits one level up, as in the official release."),
+                io.Combo.Input("precision", options=PRECISIONS, default="auto",
+                               tooltip="Weights dtype. auto: fp32 on CPU; on GPU ComfyUI's choice "
+                                       "(--fp16-unet / --bf16-unet / --fp32-unet are honoured). fp32 reproduces the "
+                                       "official outputs exactly."),
+            ],
+            outputs=[DualStyleGANModel.Output(display_name="model",
+                                              tooltip="Generator, encoders, style bank and sampler of this style.")],
+        )
+
+    @classmethod
+    def execute(cls, style: str, precision: str = "auto") -> io.NodeOutput:
+        return io.NodeOutput(load_bundle(style, precision))

@@ -1,0 +1,1 @@
+"""Stand-in for ``comfy_api`` (see tests/comfy_stub/README.md)."""

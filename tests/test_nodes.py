@@ -1,0 +1,351 @@
+"""Node-level tests of the ComfyUI pack against a host stand-in (tests/comfy_stub).
+
+ComfyUI is not on PyPI; tests/comfy_stub provides folder_paths, comfy.model_management,
+comfy.model_patcher, comfy.utils and comfy_api.latest with the real signatures. The models are
+the built-in demo weights (256 px), loaded once for the module.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+STUB = Path(__file__).resolve().parent / "comfy_stub"
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+INPUTS = ROOT / "workflows" / "inputs"
+STUB_MODULES = ("folder_paths", "comfy", "comfy_api")
+
+
+def _load_pack(name: str = "pastiche_pack_under_test"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    sys.path.insert(0, str(STUB))
+    try:
+        import folder_paths
+
+        folder_paths.set_base(str(base))
+        # a style folder so the loader's dropdown lists 'cartoon' (the bundled workflows use it)
+        (base / "models" / "dualstylegan" / "cartoon").mkdir(parents=True)
+        (base / "models" / "dualstylegan" / "cartoon" / "generator.pt").write_bytes(b"not a checkpoint")
+        pack = _load_pack()
+        yield pack
+    finally:
+        sys.path.remove(str(STUB))
+        for k in list(sys.modules):
+            if k.split(".")[0] in STUB_MODULES or k.startswith("pastiche_pack_under_test"):
+                del sys.modules[k]
+
+
+@pytest.fixture(scope="module")
+def nodes(host):
+    return {n.GET_SCHEMA().node_id: n for n in host.NODES}
+
+
+@pytest.fixture(scope="module")
+def mm(host):
+    import comfy.model_management
+
+    return comfy.model_management
+
+
+@pytest.fixture(scope="module")
+def demo(nodes):
+    from pastiche_pack_under_test.nodes.models import DEMO_STYLE
+
+    return nodes["LoadDualStyleGAN"].execute(style=DEMO_STYLE, precision="auto")[0]
+
+
+def err(nodes_mod):
+    return nodes_mod.nodes.common.PasticheNodeError
+
+
+def face_image(name="pastiche_face_aligned.jpg"):
+    from PIL import Image
+
+    return torch.from_numpy(np.asarray(Image.open(INPUTS / name).convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+# ------------------------------------------------------------------------------------------
+# import and schemas
+# ------------------------------------------------------------------------------------------
+def test_pack_import_is_fast_and_lazy():
+    code = (f"import sys, time; sys.path.insert(0, {str(STUB)!r}); import importlib.util as u; t = time.perf_counter(); "
+            f"s = u.spec_from_file_location('p', {str(ROOT / '__init__.py')!r}, submodule_search_locations=[{str(ROOT)!r}]); "
+            "m = u.module_from_spec(s); sys.modules['p'] = m; s.loader.exec_module(m); dt = time.perf_counter() - t; "
+            "import folder_paths; print(dt, 'torch' in sys.modules, folder_paths.get_folder_paths('dualstylegan'), "
+            "'nodes' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True).stdout.split(" ", 2)
+    assert float(out[0]) < 1.0
+    assert out[1] == "False", "importing the pack must not import torch"
+    assert "dualstylegan" in out[2] and out[2].strip().endswith("False")  # our nodes/ never shadows ComfyUI's 'nodes'
+
+
+def test_entrypoint_lists_every_node(host):
+    import asyncio
+
+    ext = asyncio.run(host.comfy_entrypoint())
+    listed = asyncio.run(ext.get_node_list())
+    assert listed == host.NODES and len(listed) >= 9
+
+
+def test_schemas(nodes):
+    required_ids = {"LoadDualStyleGAN", "PasticheAlignFace", "EncodeExemplarStyle", "MixStyleLayers",
+                    "DualStyleGANGenerate", "PasticheFineTuneStage", "PastichePasteFaceBack",
+                    "PasticheSampleRandomStyle", "PasticheInterpolateStyles"}
+    assert required_ids <= set(nodes)
+    custom = set()
+    for node_id, cls in nodes.items():
+        info = cls.GET_NODE_INFO_V1()
+        assert info["name"] == node_id
+        assert info["category"].startswith("Pastiche"), node_id
+        assert len(info["description"]) > 40, node_id
+        assert info["display_name"] and info["output"], node_id
+        for sect in ("required", "optional"):
+            for name, spec in (info["input"].get(sect) or {}).items():
+                assert isinstance(spec[0], str) and isinstance(spec[1], dict)
+                assert len(spec[1].get("tooltip", "")) > 10, f"{node_id}.{name} has no tooltip"
+                if spec[0] == "COMBO":
+                    assert spec[1]["options"], f"{node_id}.{name} has no options"
+                    if "default" in spec[1]:
+                        assert spec[1]["default"] in spec[1]["options"]
+                if spec[0] in ("INT", "FLOAT") and "default" in spec[1]:
+                    assert spec[1]["min"] <= spec[1]["default"] <= spec[1]["max"], f"{node_id}.{name}"
+                custom |= {spec[0]} - {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "IMAGE"}
+        assert all(t for t in info["output_tooltips"]), node_id
+        custom |= set(info["output"]) - {"IMAGE"}
+    assert custom == {"DUALSTYLEGAN_MODEL", "DUALSTYLEGAN_STYLE", "DUALSTYLEGAN_WEIGHTS", "PASTICHE_FACES"}
+
+
+def test_loader_lists_style_folders_and_demo(nodes):
+    opts = nodes["LoadDualStyleGAN"].GET_NODE_INFO_V1()["input"]["required"]["style"][1]["options"]
+    assert opts[0] == "cartoon" and opts[-1].startswith("demo")
+
+
+# ------------------------------------------------------------------------------------------
+# workflows
+# ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def checker(host):
+    spec = importlib.util.spec_from_file_location("pastiche_workflow_check", STUB / "workflow_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_type_checks(path, nodes, checker):
+    info = dict(checker.CORE_NODES)
+    info.update({k: v.GET_NODE_INFO_V1() for k, v in nodes.items()})
+    wf = json.loads(path.read_text())
+    problems = checker.check_workflow(wf, info, check_combos=set(nodes))
+    assert problems == []
+    for n in wf["nodes"]:
+        if n["type"] == "LoadImage":
+            assert (INPUTS / n["widgets_values"][0]).is_file(), n["widgets_values"][0]
+
+
+def test_workflows_cover_the_issue():
+    assert len(WORKFLOWS) == 5
+    used = {n["type"] for p in WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
+    assert {"PasticheAlignFace", "PastichePasteFaceBack", "PasticheSampleRandomStyle", "PasticheInterpolateStyles",
+            "PasticheStyleWeightGrid", "PasticheFineTuneStage", "MixStyleLayers", "EncodeExemplarStyle"} <= used
+
+
+def test_checker_catches_a_bad_link(nodes, checker):
+    info = dict(checker.CORE_NODES)
+    info.update({k: v.GET_NODE_INFO_V1() for k, v in nodes.items()})
+    wf = json.loads(WORKFLOWS[0].read_text())
+    gen = next(n for n in wf["nodes"] if n["type"] == "DualStyleGANGenerate")
+    style_link = next(i["link"] for i in gen["inputs"] if i["name"] == "style")
+    ln = next(ln for ln in wf["links"] if ln[0] == style_link)
+    ln[2] = 0  # IMAGE output of LoadImage... wired into the style socket
+    ln[1] = next(n["id"] for n in wf["nodes"] if n["type"] == "LoadImage")
+    assert any("style" in p for p in checker.check_workflow(wf, info))
+
+
+# ------------------------------------------------------------------------------------------
+# weights (no models needed)
+# ------------------------------------------------------------------------------------------
+def test_mix_style_layers(nodes, host):
+    mix = nodes["MixStyleLayers"]
+    w = mix.execute(preset="custom (sliders)", structure_weight=0.5, color_weight=0.25)[0]
+    assert w.sets[0] == (0.5,) * 7 + (0.25,) * 11 and w.preserve_color == [False]
+    assert mix.execute(preset="preserve_color", preserve_color=True)[0].sets[0][7:] == (0.0,) * 11
+    full = mix.execute(layer_weights="0.6, " * 17 + "1")[0].sets[0]
+    assert len(full) == 18 and full[0] == 0.6 and full[-1] == 1.0
+    with pytest.raises(err(host), match="numbers separated by commas"):
+        mix.execute(layer_weights="0.5, lots")
+    with pytest.raises(err(host), match="up to 18"):
+        mix.execute(layer_weights=",".join(["1"] * 19))
+    grid = nodes["PasticheStyleWeightGrid"].execute(structure_values="0, 1", color_values="0 0.5 1")[0]
+    assert len(grid) == 6 and grid.labels[1] == "s0 c0.5"
+
+
+# ------------------------------------------------------------------------------------------
+# models (demo weights)
+# ------------------------------------------------------------------------------------------
+def test_loader_registers_models_with_the_memory_manager(demo, mm):
+    import comfy.model_patcher
+
+    assert demo.demo and demo.n_latent == 14
+    patched = {type(p.model).__name__ for p in mm.loaded_models}
+    assert {"DualStyleGAN", "PSPEncoder"} <= patched
+    assert all(isinstance(p, comfy.model_patcher.ModelPatcher) for p in demo.patchers.values())
+    assert str(next(demo.pipeline.generator.parameters()).device) == "cpu"
+
+
+def test_loader_errors_are_node_errors(nodes, host):
+    import folder_paths
+
+    with pytest.raises(err(host), match="cannot load DualStyleGAN style 'cartoon': missing encoder.pt"):
+        nodes["LoadDualStyleGAN"].execute(style="cartoon")
+    encoder = Path(folder_paths.get_folder_paths("dualstylegan")[0]) / "encoder.pt"
+    bank = encoder.parent / "cartoon" / "exstyle_code.npy"
+    encoder.write_bytes(b"junk")
+    bank.write_bytes(b"junk")
+    try:
+        with pytest.raises(err(host), match="cannot load DualStyleGAN style 'cartoon'.*generator.pt"):
+            nodes["LoadDualStyleGAN"].execute(style="cartoon")  # generator.pt holds junk bytes
+    finally:
+        encoder.unlink()
+        bank.unlink()
+    with pytest.raises(err(host), match="not found"):
+        nodes["LoadDualStyleGAN"].execute(style="no_such_style")
+
+
+def test_bank_style_by_index_and_name(nodes, demo, host):
+    enc = nodes["EncodeExemplarStyle"]
+    s = enc.execute(model=demo, style="(by index)", index=2)[0]
+    assert s.latent.shape == (1, 14, 512) and s.names == ["demo_style_2"]
+    s2 = enc.execute(model=demo, style="demo/demo_style_2")[0]
+    assert torch.equal(s.latent, s2.latent)
+    with pytest.raises(err(host), match="out of range"):
+        enc.execute(model=demo, style="(by index)", index=99)
+    with pytest.raises(err(host), match="from the 'cartoon' bank"):
+        enc.execute(model=demo, style="cartoon/x.jpg")
+
+
+def test_generate_one_face_many_styles(nodes, demo, host):
+    import comfy.utils
+
+    face = face_image()
+    styles = nodes["EncodeExemplarStyle"].execute(model=demo, index=0)[0]
+    styles.latent = torch.cat([styles.latent, nodes["EncodeExemplarStyle"].execute(model=demo, index=1)[0].latent])
+    styles.names = ["a", "b"]
+    comfy.utils.events.clear()
+    # one face x two styles, paired with two weight sets: the second with every weight 0, where the
+    # extrinsic style has no effect at all
+    weights = nodes["PasticheStyleWeightGrid"].execute(structure_values="0.75, 0", color_values="1")[0]
+    weights.sets[1] = (0.0,) * 18
+    out = nodes["DualStyleGANGenerate"].execute(model=demo, faces=face, style=styles, weights=weights)[0]
+    assert out.shape == (2, 256, 256, 3) and out.dtype == torch.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0 and not torch.equal(out[0], out[1])
+    assert comfy.utils.events and comfy.utils.events[-1][1] == comfy.utils.events[-1][2]
+    with pytest.raises(err(host), match="cannot pair 2 faces, 3 styles"):
+        styles.latent, styles.names = styles.latent[[0, 1, 0]], ["a", "b", "c"]
+        nodes["DualStyleGANGenerate"].execute(model=demo, faces=face.repeat(2, 1, 1, 1), style=styles)
+    with pytest.raises(err(host), match="square"):
+        nodes["DualStyleGANGenerate"].execute(model=demo, faces=face[:, :200], style=styles)
+
+
+def test_generate_honours_interrupt(nodes, demo, mm):
+    styles = nodes["EncodeExemplarStyle"].execute(model=demo, index=0)[0]
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            nodes["DualStyleGANGenerate"].execute(model=demo, faces=face_image(), style=styles)
+    finally:
+        mm.interrupt_current_processing(False)
+
+
+def test_exemplar_style_and_bad_exemplar(nodes, demo, host):
+    enc = nodes["EncodeExemplarStyle"]
+    s = enc.execute(model=demo, exemplar=face_image("pastiche_exemplar_cartoon.jpg"))[0]
+    assert s.latent.shape == (1, 14, 512) and s.source == "exemplar"
+    with pytest.raises(err(host), match="must be an IMAGE batch.*MASK"):
+        enc.execute(model=demo, exemplar=torch.ones(1, 64, 64))  # a MASK wired in
+    with pytest.raises(err(host), match="must be an IMAGE"):
+        enc.execute(model=demo, exemplar="style.png")
+
+
+def test_random_styles_and_interpolation(nodes, demo, host):
+    rs = nodes["PasticheSampleRandomStyle"]
+    one = rs.execute(model=demo, count=1, seed=3)[0]
+    three = rs.execute(model=demo, count=3, seed=3, fix_color=True)[0]
+    assert one.latent.shape == (1, 14, 512) and three.latent.shape == (3, 14, 512)
+    assert torch.equal(three.latent[0, 7:], three.latent[2, 7:]) and not torch.equal(three.latent[0, :7], three.latent[2, :7])
+    assert torch.equal(rs.execute(model=demo, count=3, seed=3, fix_color=True)[0].latent, three.latent)
+    a = nodes["EncodeExemplarStyle"].execute(model=demo, index=0)[0]
+    b = nodes["EncodeExemplarStyle"].execute(model=demo, index=3)[0]
+    sweep = nodes["PasticheInterpolateStyles"].execute(style_a=a, style_b=b, steps=3)[0]
+    assert sweep.latent.shape == (3, 14, 512)
+    assert torch.equal(sweep.latent[0], a.latent[0]) and torch.equal(sweep.latent[2], b.latent[0])
+    half = nodes["PasticheInterpolateStyles"].execute(style_a=a, style_b=b, t=0.5)[0]
+    assert torch.allclose(half.latent, (a.latent + b.latent) / 2, atol=1e-6)
+    with pytest.raises(err(host), match="one code in style_a"):
+        nodes["PasticheInterpolateStyles"].execute(style_a=three, style_b=b, steps=3)
+
+
+def test_finetune_says_training_is_not_available(nodes, demo, host):
+    with pytest.raises(err(host), match="Training is not available in this version"):
+        nodes["PasticheFineTuneStage"].execute(model=demo, exemplars=face_image(), stage="I: color transfer (pretrain)")
+
+
+def test_image_grid(nodes):
+    imgs = torch.rand(5, 8, 6, 3)
+    g = nodes["PasticheImageGrid"].execute(images=imgs, columns=3, padding=2, background=0.0)[0]
+    assert g.shape == (1, 2 * 8 + 2, 3 * 6 + 4, 3)
+    assert torch.equal(g[0, 10:18, 8:14], imgs[4])
+
+
+# ------------------------------------------------------------------------------------------
+# faces (need the dlib extra)
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dlib_ok():
+    from pastiche_core.faces.detect import available_detectors
+
+    reason = available_detectors().get("dlib")
+    if reason:
+        pytest.skip(f"dlib detector unavailable: {reason}")
+
+
+def test_align_generate_paste(nodes, demo, host, dlib_ok):
+    photo = face_image("pastiche_photo.jpg")
+    photos = torch.cat([photo, photo.flip(2)])
+    crops, info = nodes["PasticheAlignFace"].execute(image=photos, detector="dlib", face="largest", size=256)
+    assert crops.shape == (2, 256, 256, 3) and [b for b, _ in info.faces] == [0, 1]
+    style = nodes["EncodeExemplarStyle"].execute(model=demo, index=0)[0]
+    out = nodes["DualStyleGANGenerate"].execute(model=demo, faces=crops, style=style)[0]
+    pasted = nodes["PastichePasteFaceBack"].execute(image=photos, faces=out, face_info=info)[0]
+    assert pasted.shape == photos.shape
+    changed = (pasted - photos).abs().amax(-1) > 1 / 255 + 1e-6
+    assert changed.any() and not changed[:, :, :20].any()  # the left edge of the photo is far from the face
+    with pytest.raises(err(host), match="2 face crops for 2|match face_info"):
+        nodes["PastichePasteFaceBack"].execute(image=photo, faces=out, face_info=info)
+
+
+def test_align_no_face_is_a_clear_error(nodes, host, dlib_ok):
+    blank = torch.full((2, 200, 300, 3), 0.5)
+    with pytest.raises(err(host), match=r"No face found in image 1 of the batch \(300x200\)"):
+        nodes["PasticheAlignFace"].execute(image=blank, detector="dlib", face="largest")
+    photo = face_image("pastiche_photo.jpg")
+    crops, info = nodes["PasticheAlignFace"].execute(image=torch.cat([torch.full_like(photo, 0.5), photo]),
+                                                     detector="dlib", face="all", skip_missing=True)
+    assert [b for b, _ in info.faces] == [1] * len(info)
