@@ -124,7 +124,7 @@ class SampleRandomStyle(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="PasticheSampleRandomStyle", display_name="Sample Random Style", category=f"{CATEGORY}/style",
+            node_id="SampleRandomStyle", display_name="Sample Random Style", category=f"{CATEGORY}/style",
             description=("Random extrinsic styles from the style's sampler (sampler.pt, the official generate.py "
                          "sampler). Fix structure or colour to vary only the other part."),
             inputs=[

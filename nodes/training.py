@@ -32,7 +32,7 @@ class FineTuneStage(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="PasticheFineTuneStage", display_name="Fine-Tune Stage (training)", category=f"{CATEGORY}/training",
+            node_id="FineTuneStage", display_name="Fine-Tune Stage (training)", category=f"{CATEGORY}/training",
             description=("One stage of DualStyleGAN's progressive fine-tuning (I colour, II structure, III style) on "
                          "a batch of exemplar images; chain three for the full schedule. Reports progress and can be "
                          "interrupted. NOTE: training is not available in this version; the node says so."),

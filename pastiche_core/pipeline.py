@@ -373,7 +373,7 @@ class StylePipeline:
 
     @torch.inference_mode()
     def generate(self, instyle: torch.Tensor, exstyle_latent: torch.Tensor, *, wplus: bool = False,
-                 preserve_color: bool = False, weights: Sequence[float] = DEFAULT_INTERP_WEIGHTS,
+                 preserve_color: bool = False, weights: Sequence[float] | torch.Tensor = DEFAULT_INTERP_WEIGHTS,
                  truncation: float = OFFICIAL_TRUNCATION, seed: int | None = None):
         """The official style_transfer.py call.
 
@@ -385,8 +385,9 @@ class StylePipeline:
         Returns ``(image [B, 3, S, S] unclamped, exstyle_latent, exstyle)``.
         """
         g = self.generator
-        if len(weights) < g.n_latent:
-            raise InputError(f"expected {g.n_latent} per-layer weights for this {g.size} px model, got {len(weights)}")
+        given = weights.shape[-1] if isinstance(weights, torch.Tensor) else len(weights)
+        if given < g.n_latent:
+            raise InputError(f"expected {g.n_latent} per-layer weights for this {g.size} px model, got {given}")
         instyle = instyle.to(self.device, self.dtype)
         latent = exstyle_latent.to(self.device, self.dtype).clone()
         if preserve_color and not wplus:

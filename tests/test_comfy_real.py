@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STUB = Path(__file__).resolve().parent / "comfy_stub"
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI source tree to run")
-PACK_NODES = {"LoadDualStyleGAN", "PasticheAlignFace", "EncodeExemplarStyle", "MixStyleLayers", "DualStyleGANGenerate",
-              "PasticheFineTuneStage", "PastichePasteFaceBack", "PasticheSampleRandomStyle",
+PACK_NODES = {"LoadDualStyleGAN", "AlignFace", "EncodeExemplarStyle", "MixStyleLayers", "DualStyleGANGenerate",
+              "FineTuneStage", "PasteFaceBack", "SampleRandomStyle",
               "PasticheInterpolateStyles", "PasticheStyleWeightGrid", "PasticheImageGrid"}
 
 
@@ -152,5 +152,5 @@ def test_training_workflow_fails_clearly(server):
     entry = _run(server, ROOT / "workflows" / "5_training_finetune.json")
     assert entry["status"]["status_str"] == "error"
     errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
-    assert errors and errors[0]["node_type"] == "PasticheFineTuneStage"
+    assert errors and errors[0]["node_type"] == "FineTuneStage"
     assert "Training is not available in this version" in errors[0]["exception_message"]

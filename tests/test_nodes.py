@@ -104,9 +104,9 @@ def test_entrypoint_lists_every_node(host):
 
 
 def test_schemas(nodes):
-    required_ids = {"LoadDualStyleGAN", "PasticheAlignFace", "EncodeExemplarStyle", "MixStyleLayers",
-                    "DualStyleGANGenerate", "PasticheFineTuneStage", "PastichePasteFaceBack",
-                    "PasticheSampleRandomStyle", "PasticheInterpolateStyles"}
+    required_ids = {"LoadDualStyleGAN", "AlignFace", "EncodeExemplarStyle", "MixStyleLayers",
+                    "DualStyleGANGenerate", "FineTuneStage", "PasteFaceBack",
+                    "SampleRandomStyle", "PasticheInterpolateStyles"}
     assert required_ids <= set(nodes)
     custom = set()
     for node_id, cls in nodes.items():
@@ -163,8 +163,8 @@ def test_workflow_type_checks(path, nodes, checker):
 def test_workflows_cover_the_issue():
     assert len(WORKFLOWS) == 5
     used = {n["type"] for p in WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
-    assert {"PasticheAlignFace", "PastichePasteFaceBack", "PasticheSampleRandomStyle", "PasticheInterpolateStyles",
-            "PasticheStyleWeightGrid", "PasticheFineTuneStage", "MixStyleLayers", "EncodeExemplarStyle"} <= used
+    assert {"AlignFace", "PasteFaceBack", "SampleRandomStyle", "PasticheInterpolateStyles",
+            "PasticheStyleWeightGrid", "FineTuneStage", "MixStyleLayers", "EncodeExemplarStyle"} <= used
 
 
 def test_checker_catches_a_bad_link(nodes, checker):
@@ -285,7 +285,7 @@ def test_exemplar_style_and_bad_exemplar(nodes, demo, host):
 
 
 def test_random_styles_and_interpolation(nodes, demo, host):
-    rs = nodes["PasticheSampleRandomStyle"]
+    rs = nodes["SampleRandomStyle"]
     one = rs.execute(model=demo, count=1, seed=3)[0]
     three = rs.execute(model=demo, count=3, seed=3, fix_color=True)[0]
     assert one.latent.shape == (1, 14, 512) and three.latent.shape == (3, 14, 512)
@@ -304,7 +304,7 @@ def test_random_styles_and_interpolation(nodes, demo, host):
 
 def test_finetune_says_training_is_not_available(nodes, demo, host):
     with pytest.raises(err(host), match="Training is not available in this version"):
-        nodes["PasticheFineTuneStage"].execute(model=demo, exemplars=face_image(), stage="I: color transfer (pretrain)")
+        nodes["FineTuneStage"].execute(model=demo, exemplars=face_image(), stage="I: color transfer (pretrain)")
 
 
 def test_image_grid(nodes):
@@ -329,23 +329,23 @@ def dlib_ok():
 def test_align_generate_paste(nodes, demo, host, dlib_ok):
     photo = face_image("pastiche_photo.jpg")
     photos = torch.cat([photo, photo.flip(2)])
-    crops, info = nodes["PasticheAlignFace"].execute(image=photos, detector="dlib", face="largest", size=256)
+    crops, info = nodes["AlignFace"].execute(image=photos, detector="dlib", face="largest", size=256)
     assert crops.shape == (2, 256, 256, 3) and [b for b, _ in info.faces] == [0, 1]
     style = nodes["EncodeExemplarStyle"].execute(model=demo, index=0)[0]
     out = nodes["DualStyleGANGenerate"].execute(model=demo, faces=crops, style=style)[0]
-    pasted = nodes["PastichePasteFaceBack"].execute(image=photos, faces=out, face_info=info)[0]
+    pasted = nodes["PasteFaceBack"].execute(image=photos, faces=out, face_info=info)[0]
     assert pasted.shape == photos.shape
     changed = (pasted - photos).abs().amax(-1) > 1 / 255 + 1e-6
     assert changed.any() and not changed[:, :, :20].any()  # the left edge of the photo is far from the face
     with pytest.raises(err(host), match="2 face crops for 2|match face_info"):
-        nodes["PastichePasteFaceBack"].execute(image=photo, faces=out, face_info=info)
+        nodes["PasteFaceBack"].execute(image=photo, faces=out, face_info=info)
 
 
 def test_align_no_face_is_a_clear_error(nodes, host, dlib_ok):
     blank = torch.full((2, 200, 300, 3), 0.5)
     with pytest.raises(err(host), match=r"No face found in image 1 of the batch \(300x200\)"):
-        nodes["PasticheAlignFace"].execute(image=blank, detector="dlib", face="largest")
+        nodes["AlignFace"].execute(image=blank, detector="dlib", face="largest")
     photo = face_image("pastiche_photo.jpg")
-    crops, info = nodes["PasticheAlignFace"].execute(image=torch.cat([torch.full_like(photo, 0.5), photo]),
+    crops, info = nodes["AlignFace"].execute(image=torch.cat([torch.full_like(photo, 0.5), photo]),
                                                      detector="dlib", face="all", skip_missing=True)
     assert [b for b, _ in info.faces] == [1] * len(info)
