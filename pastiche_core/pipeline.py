@@ -107,15 +107,20 @@ def _demo_state(key: str, shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> di
     return {k: torch.from_numpy(v) for k, v in fixture_state_dict(dict(shapes)).items()}
 
 
-def _fixture_load(model: torch.nn.Module, key: str) -> torch.nn.Module:
+def _demo_model(build: Callable[[], torch.nn.Module], key: str) -> torch.nn.Module:
+    """``build()`` on the meta device, then the (cached) recipe tensors, copied so that models
+    never share storage."""
+    with torch.device("meta"):
+        model = build()
     shapes = tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
-    model.load_state_dict(_demo_state(key, shapes), strict=True)
+    state = {k: v.clone() for k, v in _demo_state(key, shapes).items()}
+    model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
 
 def demo_generator() -> DualStyleGAN:
     """The built-in demo DualStyleGAN: 256 px, deterministic fixture-recipe weights."""
-    return _fixture_load(DualStyleGAN(DEMO_SIZE), "generator")
+    return _demo_model(lambda: DualStyleGAN(DEMO_SIZE), "generator")
 
 
 def demo_encoder(space: str = "z+"):
@@ -123,9 +128,9 @@ def demo_encoder(space: str = "z+"):
     from .models.psp import PSPEncoder
     from .reference.fixture_weights import fixture_tensor
 
-    enc = PSPEncoder(output_size=DEMO_SIZE, space=space)
-    _fixture_load(enc, "encoder")
+    enc = _demo_model(lambda: PSPEncoder(output_size=DEMO_SIZE, space=space), "encoder")
     enc.set_latent_avg(torch.from_numpy(fixture_tensor("latent_avg", (enc.n_styles, 512))))
+    enc.encoder.to(memory_format=torch.channels_last)
     return enc
 
 
@@ -134,7 +139,7 @@ def demo_sampler():
     from .models.sampler import StyleSampler
 
     n = 2 * int(math.log2(DEMO_SIZE)) - 2
-    return _fixture_load(StyleSampler(n_structure=N_STRUCTURE, n_color=n - N_STRUCTURE), "sampler")
+    return _demo_model(lambda: StyleSampler(n_structure=N_STRUCTURE, n_color=n - N_STRUCTURE), "sampler")
 
 
 def demo_bank():
@@ -284,28 +289,38 @@ class StylePipeline:
     @property
     def generator(self) -> DualStyleGAN:
         if self._generator is None:
-            if self.demo:
-                model = demo_generator()
-            else:
-                from .checkpoints import load_dualstylegan
-
-                model = load_dualstylegan(self.paths.require("generator"))
-            self._generator = self._place(model).use_fast_path(True, channels_last=self.device.type == "cpu")
+            # Models are loaded on first use, possibly inside an inference-mode call; their weights
+            # must still be ordinary tensors (the faithful exemplar mode backpropagates through them).
+            with torch.inference_mode(False):
+                self._load_generator()
         return self._generator
+
+    def _load_generator(self) -> None:
+        if self.demo:
+            model = demo_generator()
+        else:
+            from .checkpoints import load_dualstylegan
+
+            model = load_dualstylegan(self.paths.require("generator"))
+        self._generator = self._place(model).use_fast_path(True, channels_last=self.device.type == "cpu")
 
     def encoder(self, space: str = "z+"):
         if space not in self._encoders:
-            if self.low_memory:
-                self.release()
-            if self.demo:
-                model = demo_encoder(space)
-            else:
-                from .models.psp import PSPEncoder
-
-                model = PSPEncoder.from_checkpoint(self.paths.require("encoder" if space == "z+" else "encoder_wplus"),
-                                                   space=space)
-            self._encoders[space] = self._place(model).eval().requires_grad_(False)
+            with torch.inference_mode(False):
+                self._load_encoder(space)
         return self._encoders[space]
+
+    def _load_encoder(self, space: str) -> None:
+        if self.low_memory:
+            self.release()
+        if self.demo:
+            model = demo_encoder(space)
+        else:
+            from .models.psp import PSPEncoder
+
+            model = PSPEncoder.from_checkpoint(self.paths.require("encoder" if space == "z+" else "encoder_wplus"),
+                                               space=space)
+        self._encoders[space] = self._place(model).eval().requires_grad_(False)
 
     @property
     def bank(self):
@@ -322,7 +337,8 @@ class StylePipeline:
     def sampler(self):
         if self._sampler is None:
             if self.demo:
-                self._sampler = demo_sampler().to(self.device)
+                with torch.inference_mode(False):
+                    self._sampler = demo_sampler().to(self.device)
             else:
                 from .models.sampler import StyleSampler
 

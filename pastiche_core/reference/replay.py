@@ -32,7 +32,8 @@ def fixture_model(kind: str, size: int, manifest: str | Path | None = None) -> t
     """A model of ``kind`` ("dualstylegan" / "stylegan2") at ``size`` with the deterministic
     fixture weights (``fixture_weights.fixture_state_dict`` over its state-dict keys and shapes,
     which are the official ones). ``manifest``: an official manifest JSON to check keys against."""
-    model = DualStyleGAN(size) if kind == "dualstylegan" else Generator(size)
+    with torch.device("meta"):  # no random init: every tensor comes from the recipe below
+        model = DualStyleGAN(size) if kind == "dualstylegan" else Generator(size)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if manifest is not None:
         listed = {t["key"]: tuple(t["shape"]) for t in json.loads(Path(manifest).read_text())["tensors"]}
@@ -40,7 +41,7 @@ def fixture_model(kind: str, size: int, manifest: str | Path | None = None) -> t
             diff = sorted(set(listed.items()) ^ set(shapes.items()))[:5]
             raise PasticheError(f"our {kind} {size} state dict differs from manifest {manifest}: {diff}")
     state = fixture_state_dict(shapes)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
 
