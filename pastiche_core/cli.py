@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stylize": ("pastiche_core.commands.stylize", "stylise a portrait photo after a bank style or an exemplar image"),
     "generate": ("pastiche_core.commands.generate", "random stylised faces from the style sampler"),
     "styles": ("pastiche_core.commands.styles", "list the styles of a style bank"),
+    "train": ("pastiche_core.commands.train",
+              "train a stage of the official pipeline (refine-exstyle, sampler; resumable, torchrun)"),
     "convert": ("pastiche_core.commands.convert", "convert a generator between the official .pt and our .safetensors"),
 }
 

@@ -79,3 +79,25 @@ def refine_exstyle(generator, instyle_zplus: torch.Tensor, exstyle_zplus: torch.
     finally:
         generator.train(was_training)
     return best.float(), losses
+
+
+def vgg_refine_loss(vgg, band_width: float = 0.2) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A ``perceptual`` callable for :func:`refine_exstyle` with the official refinement's terms
+    on VGG19 (a :class:`pastiche_core.training.losses.VGG19Features`): the LPIPS-shaped perceptual
+    distance (LPIPS's learned heads are not available offline) plus the contextual loss on relu3_1
+    (band width 0.2, cosine), each summed over the batch. The target's features are computed once."""
+    from .training.losses import contextual_loss, perceptual_distance
+
+    cache: dict = {}
+
+    def loss(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if cache.get("target") is not target:  # the same tensor object every step of one refinement
+            with torch.no_grad():
+                cache["feats"] = [f.detach() for f in vgg(target)]
+            cache["target"] = target
+        ft = cache["feats"]
+        fi = vgg(image)
+        return (perceptual_distance(fi, ft).sum()
+                + contextual_loss(fi[2], ft[2], band_width, per_sample=True).sum())
+
+    return loss

@@ -1,0 +1,170 @@
+"""Training speed on CPU: iterations per second and peak memory of each implemented stage.
+
+    python benchmarks/bench_training.py [--stage sampler|refine-exstyle|all] [--size 256] [--steps N]
+        [--threads T] [--json]
+
+Each stage runs in its own process (so the peak resident memory is that stage's), with the
+deterministic fixture weights at ``--size`` (default 256: a 14-row DualStyleGAN bank / generator):
+
+* ``sampler``: the official train_sampler.py settings (bank repeated to ~1000 codes, batch 128,
+  7 Adam steps per epoch); an iteration is one Adam step, and the per-epoch noise mapping +
+  nearest-neighbour search is included (whole epochs are timed). Also reports the projected time
+  of the official 2 x 31248-step run.
+* ``refine-exstyle``: DualStyleGAN at ``--size`` + VGG19 (perceptual + contextual losses), one
+  image per batch (official default); an iteration is one optimisation step (forward through
+  generator and VGG19, backward, Adam). ``--loss pixel`` variant too. Projected time for the
+  official 100 steps per image.
+
+Timings exclude building the fixture weights and the first (warm-up) iteration.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def bench_sampler(size: int, steps: int) -> dict:
+    import torch
+
+    from pastiche_core.styles import StyleBank
+    from pastiche_core.training.sampler_stage import SamplerConfig, train_sampler
+
+    rows = 2 * int(math.log2(size)) - 2
+    g = torch.Generator().manual_seed(0)
+    bank = StyleBank([f"style_{i:03d}.jpg" for i in range(317)], torch.randn(317, rows, 512, generator=g))  # cartoon: 317
+    n_codes = 317 * (1000 // 317)
+    per_epoch = n_codes // 128
+    steps = max(per_epoch, steps // per_epoch * per_epoch)  # whole epochs
+    times = []
+
+    def progress(done, total, info):
+        times.append(time.perf_counter())
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        result = train_sampler(bank, d, SamplerConfig(iters=steps + per_epoch, save_every=10 ** 9), progress=progress)
+        wall = time.perf_counter() - t0
+    # drop the first epoch of each net (warm-up), keep whole epochs
+    per_net = steps + per_epoch
+    timed = []
+    for part in range(2):
+        first = part * per_net + per_epoch  # index of the first step after the warm-up epoch
+        start = times[first - 1]
+        end = times[part * per_net + per_net - 1]
+        timed.append((end - start, per_net - per_epoch))
+    secs = sum(t for t, _ in timed)
+    n = sum(k for _, k in timed)
+    official_steps = 2 * int(500000 / n_codes) * per_epoch
+    return {"stage": "sampler", "size": size, "rows": rows, "codes": n_codes, "batch": 128,
+            "iterations": n, "it_per_s": n / secs, "s_per_it": secs / n,
+            "official_run_steps": official_steps, "official_run_minutes": official_steps * secs / n / 60,
+            "wall_s": wall, "final_loss": result.losses[-1], "peak_rss_mib": peak_rss_mib()}
+
+
+def bench_refine(size: int, steps: int, loss: str) -> dict:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from pastiche_core.reference import fixture_model
+    from pastiche_core.reference.fixture_weights import fixture_state_dict
+    from pastiche_core.styles import StyleBank
+    from pastiche_core.training.losses import VGG19Features, vgg19_feature_shapes
+    from pastiche_core.training.refine_stage import RefineConfig, refine_exstyle_codes
+
+    gen = fixture_model("dualstylegan", size).eval().requires_grad_(False)
+    vgg = None
+    if loss == "vgg":
+        state = {k: torch.from_numpy(v) for k, v in fixture_state_dict(vgg19_feature_shapes(5)).items()}
+        state = {k: (v * math.sqrt(2.0 / (v.shape[1] * 9)) if k.endswith(".weight") else v) for k, v in state.items()}
+        vgg = VGG19Features(5).load_features(state)
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(1, gen.n_latent, 512, generator=g)
+    bank = StyleBank(["style.png"], codes)
+    times = []
+
+    def progress(done, total, info):
+        times.append(time.perf_counter())
+    with tempfile.TemporaryDirectory() as d:
+        rgb = (np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8)
+        Image.fromarray(rgb).save(Path(d) / "style.png")
+        cfg = RefineConfig(iters=steps + 1, batch=1, size=min(256, size), loss=loss, save_every=10 ** 9)
+        t0 = time.perf_counter()
+        refine_exstyle_codes(gen, bank, None, d, Path(d) / "out", cfg, vgg=vgg, progress=progress)
+        wall = time.perf_counter() - t0
+    secs = times[-1] - times[0]
+    return {"stage": "refine-exstyle", "size": size, "loss": loss, "batch": 1, "iterations": steps,
+            "it_per_s": steps / secs, "s_per_it": secs / steps, "official_minutes_per_image": 100 * secs / steps / 60,
+            "wall_s": wall, "peak_rss_mib": peak_rss_mib()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", default="all", choices=["all", "sampler", "refine-exstyle"])
+    parser.add_argument("--loss", default=None, choices=["vgg", "pixel"], help="refine-exstyle only (default: both)")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=None, help="timed iterations (sampler: rounded to epochs)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    if args.stage == "all" or (args.stage == "refine-exstyle" and args.loss is None):
+        jobs = ([["--stage", "sampler"]] if args.stage == "all" else []) + \
+            [["--stage", "refine-exstyle", "--loss", loss] for loss in ("vgg", "pixel")]
+        rows = []
+        for job in jobs:
+            cmd = [sys.executable, __file__, *job, "--size", str(args.size), "--json"]
+            if args.steps:
+                cmd += ["--steps", str(args.steps)]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(proc.stderr, file=sys.stderr)
+                return proc.returncode
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    else:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.stage == "sampler":
+            rows = [bench_sampler(args.size, args.steps or 14)]
+        else:
+            rows = [bench_refine(args.size, args.steps or 3, args.loss)]
+        if args.json:
+            print(json.dumps(rows[0]))
+            return 0
+
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    import torch
+
+    print(f"CPU training benchmark, size {args.size}, torch {torch.__version__}, "
+          f"{args.threads or torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    for r in rows:
+        label = r["stage"] + (f" ({r['loss']} loss)" if "loss" in r else "")
+        extra = (f"official run ({r['official_run_steps']} steps) ~{r['official_run_minutes']:.0f} min"
+                 if r["stage"] == "sampler" else f"official 100 steps/image ~{r['official_minutes_per_image']:.1f} min")
+        print(f"  {label:32s} {r['it_per_s']:8.3f} it/s  ({r['s_per_it']:.3f} s/it)  peak RSS "
+              f"{r['peak_rss_mib']:7.0f} MiB  {extra}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

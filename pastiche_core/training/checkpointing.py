@@ -1,0 +1,237 @@
+"""Resumable training state: models, EMA copies, optimisers, step and every RNG, saved atomically.
+
+A training checkpoint is one ``torch.save`` of a plain dict (see :func:`make_state`)::
+
+    {"format": "pastiche.train_state", "version": 1, "stage": str, "step": int, "total": int,
+     "finished": bool, "config": {plain values}, "models": {name: state_dict},
+     "ema": {name: state_dict}, "optimizers": {name: optimizer.state_dict()},
+     "rng": {"torch": ByteTensor, "cuda": [ByteTensor, ...], "numpy": {...}, "python": {...},
+             "generators": {name: ByteTensor}},
+     "extra": {stage-specific tensors and plain values}}
+
+Everything in it is a tensor or a plain container/number/string, so it loads with
+``torch.load(weights_only=True)`` (numpy's and Python's RNG states are converted to int64
+tensors on save and back on load). :func:`save_state` checks that before writing and names
+the offending entry otherwise.
+
+Writes are atomic and durable: the state goes to a temporary file in the same folder, is
+flushed and ``fsync``-ed, then ``os.replace``-d over the previous checkpoint and the folder
+entry is ``fsync``-ed. A process killed at any point (``kill -9`` mid-write included) leaves
+either the previous complete checkpoint or the new complete one, never a torn file; a stale
+temporary file is removed by the next save or load.
+"""
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoints import safe_torch_load
+from ..errors import CheckpointError
+
+FORMAT = "pastiche.train_state"
+VERSION = 1
+STATE_EXPECTED = "a Pastiche training-state checkpoint (written by `python -m pastiche_core train`)"
+_PLAIN = (str, int, float, bool, type(None))
+
+
+# --------------------------------------------------------------------------------------------
+# RNG states
+# --------------------------------------------------------------------------------------------
+def capture_rng(generators: Mapping[str, torch.Generator] | None = None) -> dict:
+    """Every RNG a training step may touch, as weights-only-loadable values.
+
+    torch CPU (global), CUDA (all devices, only when CUDA is initialised), numpy's legacy
+    global generator, Python's ``random``, and the named ``torch.Generator`` objects a stage
+    owns (the stages draw their own randomness from those).
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "cuda": (list(torch.cuda.get_rng_state_all())
+                 if torch.cuda.is_available() and torch.cuda.is_initialized() else []),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": None if gauss_next is None else float(gauss_next)},
+        "generators": {name: g.get_state() for name, g in (generators or {}).items()},
+    }
+    return state
+
+
+def restore_rng(state: Mapping, generators: Mapping[str, torch.Generator] | None = None) -> None:
+    """Undo :func:`capture_rng` (the named generators are restored in place)."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+    npst = state["numpy"]
+    np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), int(npst["pos"]),
+                         int(npst["has_gauss"]), float(npst["cached_gaussian"])))
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(v) for v in py["internal"].tolist()), py["gauss_next"]))
+    saved = state.get("generators", {})
+    for name, g in (generators or {}).items():
+        if name not in saved:
+            raise CheckpointError(f"the training state has no RNG state for generator {name!r}")
+        g.set_state(saved[name])
+
+
+# --------------------------------------------------------------------------------------------
+# State dicts
+# --------------------------------------------------------------------------------------------
+def _cpu(obj):
+    """Tensors to CPU (detached, cloned), containers recursively; tuples stay tuples."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, Mapping):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_cpu(v) for v in obj)
+    return obj
+
+
+def check_plain(obj, where: str = "state") -> None:
+    """Raise ``TypeError`` naming the first value that ``torch.load(weights_only=True)`` could
+    not read back (anything but tensors, dicts with str/int keys, lists, tuples and scalars)."""
+    if isinstance(obj, torch.Tensor) or isinstance(obj, _PLAIN):
+        return
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{where}: key {k!r} is a {type(k).__name__}; only str/int keys are allowed")
+            check_plain(v, f"{where}[{k!r}]")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where} is a {type(obj).__name__}, which a weights-only checkpoint cannot hold")
+
+
+def make_state(stage: str, step: int, total: int, *, config: Mapping | None = None,
+               models: Mapping[str, torch.nn.Module] | None = None,
+               ema: Mapping[str, torch.nn.Module] | None = None,
+               optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+               generators: Mapping[str, torch.Generator] | None = None,
+               extra: Mapping | None = None, finished: bool = False) -> dict:
+    """Snapshot everything needed to continue training bit for bit (tensors copied to CPU)."""
+    def unwrap(m):
+        return getattr(m, "module", m)  # DistributedDataParallel -> the model
+
+    return {
+        "format": FORMAT, "version": VERSION, "stage": stage, "step": int(step), "total": int(total),
+        "finished": bool(finished), "config": dict(config or {}),
+        "models": {k: _cpu(unwrap(m).state_dict()) for k, m in (models or {}).items()},
+        "ema": {k: _cpu(unwrap(m).state_dict()) for k, m in (ema or {}).items()},
+        "optimizers": {k: _cpu(o.state_dict()) for k, o in (optimizers or {}).items()},
+        "rng": capture_rng(generators),
+        "extra": _cpu(dict(extra or {})),
+    }
+
+
+def apply_state(state: Mapping, *, models: Mapping[str, torch.nn.Module] | None = None,
+                ema: Mapping[str, torch.nn.Module] | None = None,
+                optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+                generators: Mapping[str, torch.Generator] | None = None, restore_rngs: bool = True) -> None:
+    """Load a :func:`make_state` snapshot into live objects (strict for models)."""
+    def unwrap(m):
+        return getattr(m, "module", m)
+
+    for group, live in (("models", models), ("ema", ema)):
+        for name, model in (live or {}).items():
+            if name not in state[group]:
+                raise CheckpointError(f"the training state has no {group} entry {name!r}")
+            unwrap(model).load_state_dict(state[group][name], strict=True)
+    for name, opt in (optimizers or {}).items():
+        if name not in state["optimizers"]:
+            raise CheckpointError(f"the training state has no optimiser {name!r}")
+        opt.load_state_dict(state["optimizers"][name])
+    if restore_rngs:
+        restore_rng(state["rng"], generators)
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic files
+# --------------------------------------------------------------------------------------------
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-"
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    if not path.parent.is_dir():
+        return
+    for stale in path.parent.glob(_tmp_prefix(path) + "*"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows: folders cannot be opened; os.replace is still atomic there
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` through a temporary file + flush + fsync + ``os.replace`` + folder fsync."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(path)
+    tmp = path.with_name(f"{_tmp_prefix(path)}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def save_state(path: str | os.PathLike, state: Mapping) -> Path:
+    """Validate (weights-only loadable) and write a training state atomically."""
+    check_plain(state)
+    return atomic_torch_save(dict(state), path)
+
+
+def load_state(path: str | os.PathLike, stage: str | None = None) -> dict:
+    """Read a training state with ``torch.load(weights_only=True)``; clear errors for a missing,
+    corrupt or foreign file, or one written by another stage."""
+    path = Path(path)
+    _remove_stale_tmp(path)
+    state = safe_torch_load(path, STATE_EXPECTED)
+    if not isinstance(state, Mapping) or state.get("format") != FORMAT:
+        raise CheckpointError(f"'{path}' is not {STATE_EXPECTED}")
+    if int(state.get("version", 0)) > VERSION:
+        raise CheckpointError(f"'{path}' was written by a newer Pastiche (training-state version "
+                              f"{state.get('version')}; this one reads up to {VERSION})")
+    if stage is not None and state.get("stage") != stage:
+        raise CheckpointError(f"'{path}' is a training state of stage {state.get('stage')!r}, not {stage!r}")
+    return dict(state)
+
+
+def state_path(out_dir: str | os.PathLike, stage: str) -> Path:
+    """Where a stage keeps its resumable state inside the output folder."""
+    return Path(out_dir) / "train_state" / f"{stage}.pt"
+
+
+__all__ = ["FORMAT", "VERSION", "apply_state", "atomic_torch_save", "capture_rng", "check_plain", "load_state",
+           "make_state", "restore_rng", "save_state", "state_path"]

@@ -1,0 +1,121 @@
+"""Pieces every training stage shares: callbacks, results, inputs, and the style images."""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, InputError, PasticheError
+
+# progress(done_steps, total_steps, info) -- info has at least "loss" (float) and "stage"
+Progress = Callable[[int, int, dict], None]
+ShouldStop = Callable[[], bool]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class StageNotImplemented(PasticheError):
+    """A training stage of the official pipeline that this version does not provide."""
+
+
+@dataclass
+class StageResult:
+    stage: str
+    steps_done: int
+    total_steps: int
+    stopped: bool
+    checkpoint: Path | None
+    outputs: list[Path] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    artifacts: dict = field(default_factory=dict)  # in-memory results: "sampler" (StyleSampler), "bank" (StyleBank)
+
+    @property
+    def finished(self) -> bool:
+        return not self.stopped and self.steps_done >= self.total_steps
+
+
+def first_existing(folder: Path, stems: Sequence[str], suffixes: Sequence[str]) -> Path | None:
+    for stem in stems:
+        for suffix in suffixes:
+            p = Path(folder) / f"{stem}{suffix}"
+            if p.is_file():
+                return p
+    return None
+
+
+def style_dir(checkpoints: str | os.PathLike, style: str | None) -> Path:
+    """The folder with a style's files: ``DIR/<style>`` (official layout) or ``DIR`` itself."""
+    root = Path(checkpoints)
+    return root / style if style else root
+
+
+def tensor_fingerprint(*tensors: torch.Tensor) -> str:
+    """Short sha256 of tensors' bytes (to refuse resuming on different data)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(np.ascontiguousarray(t.detach().cpu().float().numpy()).tobytes())
+    return h.hexdigest()[:16]
+
+
+def derived_seed(seed: int, *parts) -> int:
+    """A 63-bit seed from ``seed`` and labels (independent streams per image / per net)."""
+    text = ":".join([str(int(seed))] + [str(p) for p in parts])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def check_compatible(saved: Mapping, current: Mapping, keys: Sequence[str], path: Path) -> None:
+    """Resume only with the settings the checkpoint was made with (those in ``keys``)."""
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+    if diffs:
+        raise CheckpointError(f"cannot resume from '{path}': it was made with other settings ({'; '.join(diffs)}); "
+                              f"use the same options, or start afresh without --resume in a new --out folder")
+
+
+def load_style_image(path: str | os.PathLike, size: int = 256) -> torch.Tensor:
+    """A style image as the official scripts read it: RGB, ``Resize(size)`` (shorter side,
+    PIL bilinear with antialiasing), ``CenterCrop(size)``, to ``[3, size, size]`` in [-1, 1]."""
+    from PIL import Image
+
+    from ..faces.io import load_image
+
+    rgb, _, _ = load_image(path)
+    im = Image.fromarray(rgb)
+    w, h = im.size
+    if w <= h:
+        nw, nh = size, int(size * h / w)
+    else:
+        nw, nh = int(size * w / h), size
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.BILINEAR)
+    left = int(round((nw - size) / 2.0))
+    top = int(round((nh - size) / 2.0))
+    im = im.crop((left, top, left + size, top + size))
+    x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255.0)
+    return (x - 0.5) / 0.5
+
+
+def find_style_images(data: str | os.PathLike, names: Sequence[str]) -> list[Path]:
+    """The image file of every bank entry: ``DATA/<name>`` (the bank keys are file names)."""
+    folder = Path(data)
+    if not folder.is_dir():
+        raise InputError(f"--data '{folder}' is not a folder (expected the style images, e.g. data/<style>/images/train)")
+    paths, missing = [], []
+    for name in names:
+        p = folder / name
+        (paths if p.is_file() else missing).append(p)
+    if missing:
+        shown = ", ".join(p.name for p in missing[:5])
+        raise InputError(f"{len(missing)} of the {len(names)} style images named in the bank are not in '{folder}' "
+                         f"(e.g. {shown}); --data must be the folder the bank was made from")
+    return paths
+
+
+__all__ = ["IMAGE_SUFFIXES", "Progress", "ShouldStop", "StageNotImplemented", "StageResult", "check_compatible",
+           "derived_seed", "find_style_images", "first_existing", "load_style_image", "style_dir",
+           "tensor_fingerprint"]

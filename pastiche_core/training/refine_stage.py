@@ -1,0 +1,336 @@
+"""Stage ``refine-exstyle``: optimise every exemplar's extrinsic code against the generator
+(official ``refine_exstyle.py``), resumable and multi-process.
+
+Per style image (batches of ``batch`` images in bank order, as the official loop): the
+extrinsic z+ code is split into structure rows 0-6 and colour rows 7.., and optimised together
+with fresh per-image noise maps by one Adam with three parameter groups (colour lr, structure
+lr, noise lr 0.1). Each step maps the code row-wise with the generator's own mapping network,
+renders ``G([instyle], exstyle_w, noise=noises, use_res=True)`` (all layer weights 1, no
+truncation, the intrinsic z+ code from ``instyle_code.npy``), box-downsamples to ``size`` and
+minimises
+
+    perceptual(G, S) + CX(VGG19 relu3_1, band width 0.2, cosine) + 1e5 * noise_regularize
+
+then re-normalises the noise maps. The refined **z+** codes are saved in the bank's key order
+as ``refined_exstyle_code.npy`` (official format) and ``refined_exstyle_code.safetensors``.
+
+Differences from the official script, on purpose:
+
+* **LPIPS is not available offline** (its VGG16 + linear-head weights cannot be fetched here),
+  so the perceptual term is :func:`~.losses.perceptual_distance` on VGG19 relu1_1..relu5_1: the
+  LPIPS formula (unit-normalised channels, squared difference, spatial mean, summed over layers)
+  without LPIPS's learned per-channel weights. The contextual term is the official one.
+  ``loss="pixel"`` (no VGG19 file needed) uses an L1 image loss at two scales instead.
+* Every term is computed per image and summed over the batch (the official averages the CX
+  loss, the noise penalty and the noise re-normalisation over the batch, which couples the
+  images of a batch); for the official default ``--batch 1`` both are the same. This makes an
+  image's result independent of how images are grouped, in one process or several.
+* Noise maps are drawn per image from a generator seeded by (seed, file name).
+* Learning rates: the official script defaults to colour 0.01, structure 0.005; its README
+  runs ``--lr_color 0.1``. Both are presets (:data:`LR_PRESETS`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..styles import StyleBank
+from . import distributed as D
+from .checkpointing import load_state, make_state, restore_rng, save_state, state_path
+from .common import (Progress, ShouldStop, StageResult, check_compatible, derived_seed, find_style_images,
+                     load_style_image, tensor_fingerprint)
+from .losses import VGG19Features, contextual_loss, noise_normalize_, noise_regularize, perceptual_distance
+
+STAGE = "refine-exstyle"
+BANK_NPY = "refined_exstyle_code.npy"
+BANK_SAFETENSORS = "refined_exstyle_code.safetensors"
+N_STRUCTURE = 7
+# name -> (lr_color, lr_structure)
+LR_PRESETS = {"script": (0.01, 0.005),   # refine_exstyle.py argparse defaults
+              "readme": (0.1, 0.005)}    # the README's example command (--lr_color 0.1)
+LOSSES = ("vgg", "pixel")
+
+
+@dataclass
+class RefineConfig:
+    iters: int = 100               # steps per batch of images (official --iter)
+    batch: int = 1                 # images optimised together (official --batch), split over ranks
+    lr_color: float = 0.01
+    lr_structure: float = 0.005
+    lr_noise: float = 0.1
+    noise_weight: float = 1e5
+    cx_weight: float = 1.0
+    perc_weight: float = 1.0
+    cx_band_width: float = 0.2
+    size: int = 256                # resolution the losses compare at (official 256)
+    loss: str = "vgg"              # "vgg" (perceptual + contextual) or "pixel" (L1, no VGG19 needed)
+    seed: int = 0
+    save_every: int = 20           # steps between checkpoints (and one when stopped / at the end)
+    device: str = "cpu"
+
+
+def pixel_loss(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image L1 at full size and at 1/4 size -> ``[B]`` (the ``loss="pixel"`` fallback)."""
+    full = (image - target).abs().mean(dim=(1, 2, 3))
+    small = (F.avg_pool2d(image, 4) - F.avg_pool2d(target, 4)).abs().mean(dim=(1, 2, 3))
+    return full + small
+
+
+def refine_loss_terms(image: torch.Tensor, target_feats, target: torch.Tensor, vgg: VGG19Features | None,
+                      cfg: RefineConfig) -> torch.Tensor:
+    """Per-image image-matching loss ``[B]`` (without the noise penalty)."""
+    if cfg.loss == "pixel":
+        return pixel_loss(image, target)
+    feats = vgg(image)
+    return (cfg.perc_weight * perceptual_distance(feats, target_feats)
+            + cfg.cx_weight * contextual_loss(feats[2], target_feats[2].detach(), cfg.cx_band_width, per_sample=True))
+
+
+def _to_size(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Box-downsample ``[B, 3, H, H]`` to ``size`` (the official reshape-mean for integer factors)."""
+    h = image.shape[-1]
+    if h == size:
+        return image
+    if h % size:
+        return F.adaptive_avg_pool2d(image, size)
+    f = h // size
+    b, c = image.shape[:2]
+    return image.reshape(b, c, size, f, size, f).mean(dim=(3, 5))
+
+
+def refine_exstyle_codes(generator, exstyle: StyleBank, instyle: StyleBank | None, data: str | os.PathLike,
+                         out_dir: str | os.PathLike, config: RefineConfig | None = None, *,
+                         vgg: VGG19Features | None = None, resume: bool = False, progress: Progress | None = None,
+                         should_stop: ShouldStop | None = None, dist_ctx: D.DistContext | None = None) -> StageResult:
+    """Refine every code of ``exstyle`` against ``generator`` (a DualStyleGAN) and the style
+    images in ``data`` (files named by the bank keys); write the refined bank into ``out_dir``.
+
+    ``instyle``: the destylized intrinsic codes (``instyle_code.npy``); ``None`` uses each
+    exemplar's own extrinsic code as its intrinsic code (Pastiche's faithful-exemplar mode).
+    ``vgg`` is required for ``config.loss == "vgg"``. Callbacks and ``resume`` as in
+    :func:`~.sampler_stage.train_sampler`.
+    """
+    cfg = config or RefineConfig()
+    ctx = dist_ctx or D.setup(cfg.device)
+    try:
+        return _refine(generator, exstyle, instyle, Path(data), Path(out_dir), cfg, vgg, ctx, resume, progress,
+                       should_stop)
+    finally:
+        if dist_ctx is None:
+            D.cleanup(ctx)
+
+
+def _validate(generator, exstyle: StyleBank, instyle: StyleBank | None, cfg: RefineConfig, vgg, world: int) -> list[str]:
+    notes = []
+    if cfg.loss not in LOSSES:
+        raise InputError(f"loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    if cfg.loss == "vgg" and vgg is None:
+        raise InputError("the 'vgg' refinement loss needs the VGG19 network (or use loss='pixel')")
+    if exstyle.space != "z+":
+        raise InputError(f"refine-exstyle refines z+ bank codes; this bank is {exstyle.space}")
+    n = len(exstyle)
+    if n == 0:
+        raise InputError("the extrinsic style bank is empty")
+    if cfg.iters < 1:
+        raise InputError(f"--iters must be at least 1, got {cfg.iters}")
+    if cfg.batch < 1:
+        raise InputError(f"--batch must be at least 1, got {cfg.batch}")
+    if n < cfg.batch:
+        raise InputError(f"fewer exemplars than the batch: the bank has {n} style codes but --batch is {cfg.batch}; "
+                         f"use --batch {n} or less")
+    if cfg.batch % world:
+        raise InputError(f"--batch {cfg.batch} must be divisible by the number of processes ({world})")
+    if exstyle.n_latent != generator.n_latent or exstyle.style_dim != generator.style_dim:
+        raise InputError(f"bank codes are [{exstyle.n_latent}, {exstyle.style_dim}] but the {generator.size}px "
+                         f"generator takes [{generator.n_latent}, {generator.style_dim}] codes")
+    if exstyle.n_latent <= N_STRUCTURE:
+        raise InputError(f"codes have {exstyle.n_latent} rows; refinement needs more than {N_STRUCTURE}")
+    if cfg.size > generator.size or cfg.size < 16:
+        raise InputError(f"--size {cfg.size} must be between 16 and the generator's resolution ({generator.size})")
+    if instyle is None:
+        notes.append("no instyle_code bank: each exemplar's own extrinsic code is used as its intrinsic code "
+                     "(the official script uses destylize's instyle_code.npy)")
+    else:
+        if (instyle.n_latent, instyle.style_dim) != (exstyle.n_latent, exstyle.style_dim):
+            raise InputError(f"the instyle bank holds [{instyle.n_latent}, {instyle.style_dim}] codes but the "
+                             f"extrinsic bank [{exstyle.n_latent}, {exstyle.style_dim}]")
+        missing = [k for k in exstyle.names if k not in instyle]
+        if missing:
+            raise InputError(f"{len(missing)} exemplars of the extrinsic bank have no intrinsic code in the instyle "
+                             f"bank (e.g. {', '.join(missing[:3])})")
+    if cfg.loss == "vgg":
+        notes.append("loss: VGG19 perceptual distance (LPIPS formula without its learned heads; LPIPS weights are "
+                     "not available offline) + contextual loss on VGG19 relu3_1 (band width 0.2, cosine) + noise "
+                     "regularisation")
+    else:
+        notes.append("loss: L1 image loss at two scales + noise regularisation (no VGG19; not the official loss)")
+    return notes
+
+
+def _refine(generator, exstyle: StyleBank, instyle: StyleBank | None, data: Path, out: Path, cfg: RefineConfig,
+            vgg: VGG19Features | None, ctx: D.DistContext, resume: bool, progress, should_stop) -> StageResult:
+    notes = _validate(generator, exstyle, instyle, cfg, vgg, ctx.world_size)
+    device = ctx.device
+    names = exstyle.names
+    paths = find_style_images(data, names)  # all present, checked before any work
+    n = len(names)
+    local_b = cfg.batch // ctx.world_size
+    n_batches = -(-n // cfg.batch)
+    # Global batch k is images k*batch ... (k+1)*batch - 1, as the official loop. Rank r takes an
+    # interleaved shard of it (DistributedSampler without shuffling); with several processes a short
+    # last batch is padded with repeats of its first image so that every rank keeps in step.
+    def local_indices(k: int) -> list[int]:
+        idx = list(range(k * cfg.batch, min(n, (k + 1) * cfg.batch)))
+        if not ctx.distributed:
+            return idx
+        idx += [idx[0]] * (cfg.batch - len(idx))
+        return [idx[i] for i in D.shard(cfg.batch, ctx, shuffle=False)][:local_b]
+
+    total = n_batches * cfg.iters
+    generator = generator.to(device).eval().requires_grad_(False)
+    if vgg is not None:
+        vgg = vgg.to(device).eval()
+    n_latent = generator.n_latent
+    weights = [1.0] * n_latent
+
+    run_config = {"stage": STAGE, "iters": cfg.iters, "batch": cfg.batch, "lr_color": cfg.lr_color,
+                  "lr_structure": cfg.lr_structure, "lr_noise": cfg.lr_noise, "noise_weight": cfg.noise_weight,
+                  "cx_weight": cfg.cx_weight, "perc_weight": cfg.perc_weight, "cx_band_width": cfg.cx_band_width,
+                  "size": cfg.size, "loss": cfg.loss, "seed": cfg.seed, "world_size": ctx.world_size,
+                  "bank": tensor_fingerprint(exstyle.codes), "names": list(names),
+                  "instyle": tensor_fingerprint(instyle.codes) if instyle is not None else None,
+                  "generator": tensor_fingerprint(*[v for v in generator.state_dict().values()
+                                                     if v.is_floating_point()][:8])}
+    ckpt = state_path(out, STAGE)
+    finished: dict[str, torch.Tensor] = {}
+    losses: list[float] = []
+    k, it = 0, 0
+    pending = None  # this rank's saved in-progress batch
+    if resume and ckpt.is_file():
+        state = load_state(ckpt, STAGE)
+        keys = ["iters", "batch", "lr_color", "lr_structure", "lr_noise", "noise_weight", "cx_weight", "perc_weight",
+                "cx_band_width", "size", "loss", "seed", "bank", "names", "instyle", "generator"]
+        ex = state["extra"]
+        if int(ex["iter"]) > 0:
+            keys.append("world_size")  # a batch in progress is split by rank
+        check_compatible(state["config"], run_config, keys, ckpt)
+        restore_rng(state["rng"])
+        k, it = int(ex["batch_index"]), int(ex["iter"])
+        finished = dict(ex["done"])
+        losses = [float(v) for v in ex["losses"].tolist()]
+        if it > 0:
+            pending = ex["ranks"][ctx.rank]
+    done = k * cfg.iters + it
+
+    def checkpoint(live, is_finished: bool = False) -> None:
+        ranks = D.gather_objects(live, ctx) if it > 0 else None
+        if ctx.is_main:
+            extra = {"batch_index": k, "iter": it, "done": finished, "ranks": ranks,
+                     "losses": torch.tensor(losses, dtype=torch.float64)}
+            save_state(ckpt, make_state(STAGE, done, total, config=run_config, extra=extra, finished=is_finished))
+        D.barrier(ctx)
+
+    stopped = False
+    live = None
+    while k < n_batches:
+        idx = local_indices(k)
+        batch_names = [names[i] for i in idx]
+        images = torch.stack([load_style_image(paths[i], cfg.size) for i in idx]).to(device)
+        ex_codes = torch.cat([exstyle[i] for i in idx]).to(device)
+        in_codes = torch.cat([(instyle[names[i]] if instyle is not None else exstyle[i]) for i in idx]).to(device)
+        if pending is not None:
+            structure = pending["structure"].to(device).requires_grad_(True)
+            color = pending["color"].to(device).requires_grad_(True)
+            noises = [t.to(device).requires_grad_(True) for t in pending["noises"]]
+        else:
+            structure = ex_codes[:, :N_STRUCTURE].detach().clone().requires_grad_(True)
+            color = ex_codes[:, N_STRUCTURE:].detach().clone().requires_grad_(True)
+            per_image = []
+            for i in idx:
+                g = torch.Generator().manual_seed(derived_seed(cfg.seed, "noise", names[i]))
+                per_image.append([torch.randn(s, generator=g) for s in generator.generator.noise_shapes(1)])
+            noises = [torch.cat([maps[l] for maps in per_image]).to(device).requires_grad_(True)
+                      for l in range(len(per_image[0]))]
+        opt = torch.optim.Adam([{"params": [color], "lr": cfg.lr_color},
+                                {"params": [structure], "lr": cfg.lr_structure},
+                                {"params": noises, "lr": cfg.lr_noise}])
+        if pending is not None:
+            opt.load_state_dict(pending["optimizer"])
+            pending = None
+        with torch.no_grad():
+            target_feats = vgg(images) if cfg.loss == "vgg" else None
+
+        def snapshot():
+            return {"structure": structure.detach().cpu().clone(), "color": color.detach().cpu().clone(),
+                    "noises": [t.detach().cpu().clone() for t in noises],
+                    "optimizer": {"state": {i: {kk: (vv.detach().cpu().clone() if torch.is_tensor(vv) else vv)
+                                                for kk, vv in s.items()} for i, s in opt.state_dict()["state"].items()},
+                                  "param_groups": opt.state_dict()["param_groups"]}}
+
+        while it < cfg.iters:
+            if should_stop is not None or ctx.distributed:
+                if D.stop_requested(bool(should_stop is not None and ctx.is_main and should_stop()), ctx):
+                    stopped = True
+                    break
+            with torch.enable_grad():
+                code = torch.cat([structure, color], dim=1)
+                image = generator(in_codes, generator.map_exstyle(code), input_space="z", exstyle_space="w",
+                                  interp_weights=weights, noise=noises, use_res=True)
+                image = _to_size(image, cfg.size)
+                image_terms = refine_loss_terms(image, target_feats, images, vgg, cfg)
+                noise_terms = cfg.noise_weight * noise_regularize(noises, per_sample=True)
+                loss = (image_terms + noise_terms).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            noise_normalize_(noises, per_sample=True)
+            sums = D.all_reduce_sum(torch.stack([image_terms.detach().sum(), noise_terms.detach().sum()]), ctx)
+            image_value, noise_value = (float(v) / cfg.batch for v in sums)
+            value = image_value + noise_value
+            losses.append(value)
+            it += 1
+            done += 1
+            if it < cfg.iters and done % cfg.save_every == 0:
+                checkpoint(snapshot())
+            if progress is not None and ctx.is_main:
+                progress(done, total, {"stage": STAGE, "loss": value, "image_loss": image_value,
+                                       "noise_loss": noise_value, "batch": k, "images": batch_names})
+        if stopped:
+            live = snapshot() if it > 0 else None
+            break
+        # batch finished: collect every rank's codes (first occurrence wins over padding repeats)
+        mine = [(name, torch.cat([structure, color], 1).detach().cpu()[j:j + 1].clone())
+                for j, name in enumerate(batch_names)]
+        for rank_items in D.gather_objects(mine, ctx):
+            for name, c in rank_items:
+                finished.setdefault(name, c)
+        k, it = k + 1, 0
+        if done % cfg.save_every == 0 and k < n_batches:
+            checkpoint(None)
+
+    if stopped:
+        checkpoint(live)
+        return StageResult(STAGE, done, total, True, ckpt, [], losses, notes)
+    checkpoint(None, is_finished=True)
+    outputs = [out / BANK_NPY, out / BANK_SAFETENSORS]
+    bank = StyleBank(names, [finished[nm] for nm in names], space="z+")
+    if ctx.is_main:
+        bank.save_npy(outputs[0])
+        bank.save(outputs[1])
+    D.barrier(ctx)
+    return StageResult(STAGE, done, total, False, ckpt, outputs, losses, notes, {"bank": bank})
+
+
+def lr_preset(name: str) -> tuple[float, float]:
+    if name not in LR_PRESETS:
+        raise InputError(f"unknown learning-rate preset {name!r}; presets: {', '.join(LR_PRESETS)}")
+    return LR_PRESETS[name]
+
+
+__all__ = ["BANK_NPY", "BANK_SAFETENSORS", "LR_PRESETS", "RefineConfig", "lr_preset", "pixel_loss",
+           "refine_exstyle_codes", "refine_loss_terms"]
