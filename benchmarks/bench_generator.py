@@ -27,8 +27,49 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def official_model(official_dir: str, ours):
+    """The official DualStyleGAN (a checkout given with --official; nothing of it is in this
+    repository) with its CUDA op package swapped for its own CPU port, as the official readme's
+    CPU recipe does, carrying our fixture weights."""
+    import importlib
+
+    sys.path.insert(0, official_dir)
+    sys.modules["model.stylegan.op"] = importlib.import_module("model.stylegan.op_cpu")
+    from model.dualstylegan import DualStyleGAN as OfficialDualStyleGAN
+
+    model = OfficialDualStyleGAN(ours.size, 512, 8, 2, res_index=6)
+    model.load_state_dict(ours.state_dict(), strict=True)
+    model.eval()
+
+    def forward(self, instyle, exstyle, truncation, truncation_latent, interp_weights, **_):
+        img, _ = type(self).__call__(self, [instyle], exstyle, input_is_latent=False, z_plus_latent=True,
+                                     truncation=truncation, truncation_latent=truncation_latent, use_res=True,
+                                     interp_weights=list(interp_weights), randomize_noise=False)
+        return img
+
+    return _Callable(model, lambda z: model.generator.style(z.reshape(-1, 512)).reshape(z.shape), forward)
+
+
+class _Callable:
+    """Gives the official module the small interface the timing loop uses."""
+
+    def __init__(self, model, map_exstyle, forward):
+        self.model, self.map_exstyle, self._forward = model, map_exstyle, forward
+        self.n_latent = model.n_latent
+
+    def __call__(self, instyle, exstyle, **kw):
+        return self._forward(self.model, instyle, exstyle, **kw)
+
+    def use_fast_path(self, *a, **k):
+        return self
+
+    def to(self, device=None, dtype=None):
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+
 def run_one(size: int, batch: int, dtype_name: str, path: str, device: str, repeats: int,
-            threads: int | None, compile_model: bool, reference_file: str) -> dict:
+            threads: int | None, compile_model: bool, reference_file: str, official_dir: str | None = None) -> dict:
     import numpy as np
     import torch
 
@@ -39,6 +80,8 @@ def run_one(size: int, batch: int, dtype_name: str, path: str, device: str, repe
         torch.set_num_threads(threads)
     dtype = getattr(torch, dtype_name)
     model = fixture_model("dualstylegan", size)
+    if path == "official":
+        model = official_model(official_dir, model)
     rng = np.random.default_rng(0)
     n = model.n_latent
     instyle = torch.from_numpy(rng.standard_normal((batch, n, 512), dtype=np.float32))
@@ -56,7 +99,7 @@ def run_one(size: int, batch: int, dtype_name: str, path: str, device: str, repe
     reference_image = None
     if path != "reference" and Path(reference_file).exists():
         reference_image = torch.from_numpy(np.load(reference_file))
-    model.use_fast_path(path == "fast", channels_last=(path == "fast" and device == "cpu"))
+    model.use_fast_path(path == "fast", channels_last=(path == "fast" and device == "cpu")) if path != "official" else None
     model = model.to(device=device, dtype=dtype)
     ins, ex = instyle.to(device, dtype), exstyle_z.to(device, dtype)
     call = torch.compile(model) if compile_model else model
@@ -94,6 +137,9 @@ def main() -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--dtypes", nargs="+", default=["float32"])
     parser.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=["reference", "fast"])
+    parser.add_argument("--official", metavar="DIR",
+                        help="also time the official implementation from a checkout of the official DualStyleGAN "
+                             "repository (its model/ folder; run with its CPU ops) in the same run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -111,7 +157,7 @@ def main() -> int:
     for size in args.sizes:
         for batch in args.batches:
             for dtype in args.dtypes:
-                for path in args.paths:
+                for path in (["official"] if args.official and dtype == "float32" else []) + args.paths:
                     if path == "reference" and dtype != "float32":
                         continue  # the reference path is the fp32 yardstick
                     configs.append((size, batch, dtype, path, False))
@@ -127,7 +173,7 @@ def main() -> int:
     for size, batch, dtype, path, comp in configs:
         ref_file = str(Path(tmp.name) / f"reference_{size}_{batch}.npy")
         cfg = dict(size=size, batch=batch, dtype_name=dtype, path=path, device=args.device, repeats=args.repeats,
-                   threads=args.threads, compile_model=comp, reference_file=ref_file)
+                   threads=args.threads, compile_model=comp, reference_file=ref_file, official_dir=args.official)
         proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)], capture_output=True, text=True,
                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
         if proc.returncode != 0:
@@ -149,6 +195,9 @@ def main() -> int:
                 fast = [r for r in rows if (r["size"], r["batch"], r["path"], r["dtype"]) == (size, batch, "fast", "float32")]
                 if ref and fast:
                     print(f"# {size}px batch {batch}: fast path {ref[0]['s_per_img'] / fast[0]['s_per_img']:.2f}x the reference path")
+                off = [r for r in rows if (r["size"], r["batch"], r["path"]) == (size, batch, "official")]
+                if off and fast:
+                    print(f"# {size}px batch {batch}: fast path {off[0]['s_per_img'] / fast[0]['s_per_img']:.2f}x the official code")
     return 0
 
 

@@ -229,6 +229,7 @@ class DualStyleGAN(nn.Module):
         i = 1
         for j, to_rgb in enumerate(g.to_rgbs):
             conv_up, conv = g.convs[2 * j], g.convs[2 * j + 1]
+            out = g.to_block_format(out, j)
             if use_res and i <= self.res_index:
                 out = conv_up(out, latent[:, i], noises[2 * j + 1])
                 if fuse >= i:

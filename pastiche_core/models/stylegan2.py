@@ -271,10 +271,20 @@ class Generator(nn.Module):
             self.channels_last = channels_last
         return self
 
+    # oneDNN's NHWC kernels win on large feature maps, NCHW on the small 512-channel ones
+    # (measured on a 2-core AVX2 CPU): switch at this resolution.
+    CHANNELS_LAST_FROM = 64
+
     def start(self, batch: int) -> torch.Tensor:
-        """The constant input repeated over the batch, in the configured memory format."""
-        out = self.input(batch)
-        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+        """The constant input repeated over the batch."""
+        return self.input(batch)
+
+    def to_block_format(self, x: torch.Tensor, block: int) -> torch.Tensor:
+        """Feature maps entering block ``block`` (output side ``2 ** (block + 3)``) in the memory
+        format that is fastest there."""
+        if self.channels_last and 2 ** (block + 3) >= self.CHANNELS_LAST_FROM:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     # -- latents -----------------------------------------------------------------------------
     def mapping(self, z: torch.Tensor) -> torch.Tensor:
@@ -370,6 +380,7 @@ class Generator(nn.Module):
         skip = self.to_rgb1(out, latent[:, 1])
         i = 1
         for j, to_rgb in enumerate(self.to_rgbs):
+            out = self.to_block_format(out, j)
             out = self.convs[2 * j](out, latent[:, i], noises[2 * j + 1])
             out = self.convs[2 * j + 1](out, latent[:, i + 1], noises[2 * j + 2])
             skip = to_rgb(out, latent[:, i + 2], skip)
