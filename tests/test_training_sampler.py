@@ -79,13 +79,13 @@ def test_loss_goes_down_and_outputs_load(reference_run, tmp_path):
     assert tuple(raw["structure"]["lin_out.weight"].shape) == (7 * 512, 128)
     model = StyleSampler.from_checkpoint(out / "sampler.pt")
     assert (model.n_structure, model.n_color) == (7, 7)
-    assert_same(model.state_dict(), load_sampler_safetensors(out / "sampler.pastiche.safetensors").state_dict())
+    assert_same(model.state_dict(), load_sampler_safetensors(out / "sampler.safetensors").state_dict())
     assert_same(model.state_dict(), result.artifacts["sampler"].state_dict())
     codes = model.sample(8, generator=torch.Generator().manual_seed(0))
     assert codes.shape == (8, 14, 512) and torch.isfinite(codes).all()
-    # the inference pipeline finds and loads it from a style folder (not shadowed by our safetensors)
+    # the inference pipeline finds and loads it from a style folder (our safetensors first)
     pipe = StylePipeline.from_folder(out.parent, out.name, allow_demo=False)
-    assert pipe.paths.sampler == out / "sampler.pt"
+    assert pipe.paths.sampler == out / "sampler.safetensors"
     assert_same(pipe.sampler.state_dict(), model.state_dict())
 
 
@@ -183,3 +183,19 @@ def test_fewer_codes_than_the_batch(tmp_path):
         train_sampler(make_bank(), tmp_path, SamplerConfig(iters=2, batch=15, repeat_to=96),
                       dist_ctx=DistContext(rank=0, world_size=2))
     assert not (tmp_path / "train_state").exists()
+
+
+def test_pipeline_reads_the_sampler_safetensors(tmp_path):
+    """Our sampler.safetensors stands in for sampler.pt, as the pipeline's folder layout promises."""
+    from pastiche_core.models.sampler import StyleSampler, save_sampler_safetensors
+    from pastiche_core.pipeline import demo_sampler
+
+    model = demo_sampler()
+    path = tmp_path / "sampler.safetensors"
+    save_sampler_safetensors(path, model)
+    loaded = StyleSampler.from_checkpoint(path, dtype=torch.float64)
+    assert next(loaded.parameters()).dtype == torch.float64
+    g = torch.Generator().manual_seed(0)
+    a = model.sample(3, generator=g)
+    b = loaded.float().sample(3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)

@@ -15,7 +15,7 @@ Stages (official script in brackets; in the order they run):
                      writes OUT/refined_exstyle_code.npy (+ .safetensors)
   sampler            train the random-style sampler (train_sampler.py)
                      reads OUT/ or DIR[/NAME]/refined_exstyle_code.npy, else exstyle_code.npy
-                     writes OUT/sampler.pt (+ sampler.pastiche.safetensors)
+                     writes OUT/sampler.pt (+ sampler.safetensors)
 
 A run checkpoints itself to OUT/train_state/STAGE.pt (atomically); Ctrl-C stops at the next
 step with the state saved, and --resume continues bit for bit. Multi-process (CPU: gloo,

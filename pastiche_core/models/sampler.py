@@ -37,7 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import safe_torch_load
+import json
+
+from ..checkpoints import CONFIG_KEY, FORMAT_KEY, FORMAT_VERSION, MODEL_KEY, _atomic_write, read_safetensors, safe_torch_load
 from ..errors import CheckpointError, InputError
 
 SAMPLER_EXPECTED = ("a DualStyleGAN sampler.pt (a dict {'color': state dict, 'structure': state dict} "
@@ -162,6 +164,9 @@ class StyleSampler(nn.Module):
                         dtype: torch.dtype | None = None) -> "StyleSampler":
         """Load the official ``sampler.pt`` (``torch.load(weights_only=True)``), eval mode, no grad."""
         path = Path(path)
+        if path.suffix == ".safetensors":
+            model = load_sampler_safetensors(path)
+            return model.to(device=device, dtype=dtype) if (device is not None or dtype is not None) else model
         ckpt = safe_torch_load(path, SAMPLER_EXPECTED)
         if not isinstance(ckpt, Mapping):
             raise CheckpointError(f"'{path}' holds a {type(ckpt).__name__}, not a dict; expected {SAMPLER_EXPECTED}")
@@ -265,3 +270,32 @@ class StyleSampler(nn.Module):
         return self.sample(batch, generator, **kwargs)
 
 __all__ = ["ICPNet", "SAMPLER_EXPECTED", "StyleSampler"]
+
+
+SAMPLER_MODEL = "style_sampler"  # metadata model name of our sampler .safetensors
+
+
+def save_sampler_safetensors(path: str | os.PathLike, model: "StyleSampler") -> None:
+    """Both nets as ``structure.<key>`` / ``color.<key>`` tensors with the config in metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {k: (v.float() if v.is_floating_point() else v).detach().contiguous().cpu()
+               for k, v in model.state_dict().items()}
+    meta = {FORMAT_KEY: FORMAT_VERSION, MODEL_KEY: SAMPLER_MODEL, CONFIG_KEY: json.dumps(model.config)}
+    _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def load_sampler_safetensors(path: str | os.PathLike) -> "StyleSampler":
+    """Read :func:`save_sampler_safetensors` output -> :class:`StyleSampler` (eval mode, no grad)."""
+    path = Path(path)
+    tensors, meta = read_safetensors(path, "a Pastiche style-sampler .safetensors")
+    if meta.get(MODEL_KEY) != SAMPLER_MODEL:
+        raise CheckpointError(f"'{path}' is not a Pastiche style sampler (metadata {MODEL_KEY!r} is "
+                              f"{meta.get(MODEL_KEY)!r})")
+    parts = {p: {k[len(p) + 1:]: v for k, v in tensors.items() if k.startswith(p + ".")} for p in ("color", "structure")}
+    try:
+        style_dim = int(json.loads(meta.get(CONFIG_KEY, "{}")).get("style_dim", 512))
+    except (ValueError, AttributeError):
+        raise CheckpointError(f"'{path}': unreadable sampler config metadata") from None
+    model = StyleSampler.from_state_dicts(parts["color"], parts["structure"], path, style_dim=style_dim)
+    return model.eval().requires_grad_(False)

@@ -10,7 +10,7 @@ STAGES = ("finetune-stylegan", "destylize", "pretrain", "finetune", "refine-exst
 IMPLEMENTED_STAGES = ("refine-exstyle", "sampler")
 
 _LAZY = {
-    "train_sampler": ".sampler_stage", "SamplerConfig": ".sampler_stage", "load_sampler_safetensors": ".sampler_stage",
+    "train_sampler": ".sampler_stage", "SamplerConfig": ".sampler_stage", "load_sampler_safetensors": "..models.sampler",
     "refine_exstyle_codes": ".refine_stage", "RefineConfig": ".refine_stage",
     "StageResult": ".common", "StageNotImplemented": ".common",
     "MissingLossNetworkError": ".losses", "VGG19Features": ".losses", "IDLoss": ".losses",

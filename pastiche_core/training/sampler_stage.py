@@ -27,7 +27,6 @@ so the update equals the single-process one for the same global batch (up to flo
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import FORMAT_KEY, FORMAT_VERSION, MODEL_KEY, CONFIG_KEY, _atomic_write, read_safetensors
-from ..errors import CheckpointError, InputError
-from ..models.sampler import ICPNet, StyleSampler
+from ..errors import InputError
+from ..models.sampler import ICPNet, StyleSampler, load_sampler_safetensors, save_sampler_safetensors
 from . import distributed as D
 from .checkpointing import apply_state, atomic_torch_save, load_state, make_state, save_state, state_path
 from .common import Progress, ShouldStop, StageResult, check_compatible, derived_seed, tensor_fingerprint
@@ -47,8 +45,7 @@ STAGE = "sampler"
 SAMPLER_PT = "sampler.pt"
 # Not "sampler.safetensors": the inference pipeline picks <stem>.safetensors before <stem>.pt and
 # StyleSampler.from_checkpoint reads only the official .pt, so that name would shadow sampler.pt.
-SAMPLER_SAFETENSORS = "sampler.pastiche.safetensors"
-SAMPLER_MODEL = "style_sampler"
+SAMPLER_SAFETENSORS = "sampler.safetensors"
 N_STRUCTURE = 7
 PARTS = ("color", "structure")  # training order of the official script
 
@@ -282,31 +279,5 @@ def _train(bank, out: Path, cfg: SamplerConfig, ctx: D.DistContext, resume: bool
 # --------------------------------------------------------------------------------------------
 # Our safetensors format for the sampler
 # --------------------------------------------------------------------------------------------
-def save_sampler_safetensors(path: str | os.PathLike, model: StyleSampler) -> None:
-    """Both nets as ``structure.<key>`` / ``color.<key>`` tensors with the config in metadata."""
-    from safetensors.torch import save_file
-
-    tensors = {k: (v.float() if v.is_floating_point() else v).detach().contiguous().cpu()
-               for k, v in model.state_dict().items()}
-    meta = {FORMAT_KEY: FORMAT_VERSION, MODEL_KEY: SAMPLER_MODEL, CONFIG_KEY: json.dumps(model.config)}
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-
-
-def load_sampler_safetensors(path: str | os.PathLike) -> StyleSampler:
-    """Read :func:`save_sampler_safetensors` output -> :class:`StyleSampler` (eval mode, no grad)."""
-    path = Path(path)
-    tensors, meta = read_safetensors(path, "a Pastiche style-sampler .safetensors")
-    if meta.get(MODEL_KEY) != SAMPLER_MODEL:
-        raise CheckpointError(f"'{path}' is not a Pastiche style sampler (metadata {MODEL_KEY!r} is "
-                              f"{meta.get(MODEL_KEY)!r})")
-    parts = {p: {k[len(p) + 1:]: v for k, v in tensors.items() if k.startswith(p + ".")} for p in ("color", "structure")}
-    try:
-        style_dim = int(json.loads(meta.get(CONFIG_KEY, "{}")).get("style_dim", 512))
-    except (ValueError, AttributeError):
-        raise CheckpointError(f"'{path}': unreadable sampler config metadata") from None
-    model = StyleSampler.from_state_dicts(parts["color"], parts["structure"], path, style_dim=style_dim)
-    return model.eval().requires_grad_(False)
-
-
 __all__ = ["SAMPLER_PT", "SAMPLER_SAFETENSORS", "SamplerConfig", "load_sampler_safetensors", "prepare_targets",
            "save_sampler_safetensors", "train_sampler"]
