@@ -34,13 +34,7 @@ ENC = Path(__file__).parent / "fixtures" / "encoder"
 TRAIN_COMMAND = ("pastiche_core.commands.train", "train a stage of the official pipeline")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on a shared 2-core machine run far faster (and steadier) on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def vgg_fixture_state(n_slices: int = 3) -> dict[str, torch.Tensor]:

@@ -38,12 +38,7 @@ NAMES = ["Cartoons_00038_07.jpg", "Cartoons_00167_01.png"]
 TRAIN_COMMAND = ("pastiche_core.commands.train", "train a stage of the official pipeline")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def vgg_state(n_slices: int) -> dict[str, torch.Tensor]:

@@ -26,12 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6  # per epoch with the settings below
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_bank(n: int = 6, rows: int = 14) -> StyleBank:
