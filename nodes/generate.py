@@ -116,7 +116,20 @@ class DualStyleGANGenerate(io.ComfyNode):
                 progress.step()
         except PasticheError as exc:
             raise PasticheNodeError(f"DualStyleGAN Generate: {exc}") from None
-        return io.NodeOutput(torch.cat(out))
+        images = torch.cat(out)
+        if model.demo:  # never let a demo-weight image pass for a real stylisation
+            images = stamp_demo(images)
+        return io.NodeOutput(images)
+
+
+def stamp_demo(images: "torch.Tensor") -> "torch.Tensor":
+    """IMAGE batch with the "DEMO WEIGHTS" caption of :func:`pastiche_core.pipeline.draw_demo_caption`."""
+    import numpy as np
+    import torch
+    from pastiche_core.pipeline import draw_demo_caption
+
+    stamped = [draw_demo_caption((img.cpu().numpy() * 255).round().astype(np.uint8)) for img in images]
+    return torch.from_numpy(np.stack(stamped)).float().div(255).to(images.device)
 
 
 class ImageGrid(io.ComfyNode):

@@ -256,6 +256,9 @@ def test_generate_one_face_many_styles(nodes, demo, host):
     out = nodes["DualStyleGANGenerate"].execute(model=demo, faces=face, style=styles, weights=weights)[0]
     assert out.shape == (2, 256, 256, 3) and out.dtype == torch.float32
     assert 0.0 <= out.min() and out.max() <= 1.0 and not torch.equal(out[0], out[1])
+    # demo-weight images carry the DEMO WEIGHTS caption band (black with yellow text) at the top
+    band = out[:, :8]
+    assert (band[..., 2] == 0).float().mean() > 0.5 and (band[..., 0] > 0.9).any()
     assert comfy.utils.events and comfy.utils.events[-1][1] == comfy.utils.events[-1][2]
     with pytest.raises(err(host), match="cannot pair 2 faces, 3 styles"):
         styles.latent, styles.names = styles.latent[[0, 1, 0]], ["a", "b", "c"]
