@@ -33,6 +33,7 @@ from .models import DEFAULT_INTERP_WEIGHTS, DualStyleGAN, layer_weights
 N_STRUCTURE = 7  # latent rows 0..6 are structure, 7.. colour (z+ / w+ colour swap)
 DEMO_LABEL = "DEMO WEIGHTS"
 OFFICIAL_TRUNCATION = 0.75  # style_transfer.py default
+OFFICIAL_STYLE_ID = 53  # style_transfer.py default --style_id
 
 Progress = Callable[[str, float], None]
 
@@ -383,8 +384,12 @@ class StylePipeline:
                                  should_stop=should_stop)
         return code
 
-    def style_code(self, style_id: int | str) -> tuple[torch.Tensor, str]:
+    def style_code(self, style_id: int | str | None = None) -> tuple[torch.Tensor, str]:
+        """A bank entry by index or name; None = the official default ``--style_id 53`` (0 for
+        banks with fewer entries, such as the demo bank)."""
         bank = self.bank
+        if style_id is None:
+            style_id = OFFICIAL_STYLE_ID if len(bank) > OFFICIAL_STYLE_ID else 0
         return bank[style_id], bank.name_of(style_id)
 
     @torch.inference_mode()
@@ -425,7 +430,7 @@ def _report(progress: Progress | None, stage: str, fraction: float) -> None:
 
 
 def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = None, style: str = "cartoon",
-            style_id: int | str = 0, exemplar: str | Path | np.ndarray | None = None, preserve_color: bool = False,
+            style_id: int | str | None = None, exemplar: str | Path | np.ndarray | None = None, preserve_color: bool = False,
             wplus: bool = False, weights: Sequence[float] | None = None, structure: float | None = None,
             color: float | None = None, truncation: float = OFFICIAL_TRUNCATION, align_face: bool = False,
             exemplar_steps: int = 0, paste_back: bool = False, face: str | int = "largest", detector: str = "dlib", seed: int | None = None, device: torch.device | str = "cpu",
@@ -435,7 +440,8 @@ def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = 
 
     photo: a path or an HxWx3 uint8 array; an aligned square face crop unless ``align_face``.
     checkpoints/style: the official-layout folder and style name (or pass ``pipeline``).
-    style_id: index or name in the style bank; ``exemplar`` (an image) replaces it: encoded in
+    style_id: index or name in the style bank (default: the official 53, or 0 for small banks);
+    ``exemplar`` (an image) replaces it: encoded in
     one pass (fast mode), or refined against the generator for ``exemplar_steps`` steps
     (faithful mode, see :mod:`pastiche_core.refine`).
     weights / structure / color: per-layer weights, or the two knobs (default 0.75 / 1).

@@ -69,3 +69,8 @@ def test_style_transfer_matches_official_run(run, official_pipeline, photo):
     assert res.image.dtype == np.uint8 and res.image.shape == (1024, 1024, 3)
     u8 = res.image.astype(np.float32).reshape(256, 4, 256, 4, 3).mean((1, 3))
     assert np.abs(u8 - exp["output_uint8_pool4"]).max() <= 1.0
+
+
+def test_default_style_id_is_the_official_53(official_pipeline):
+    code, name = official_pipeline.style_code()
+    assert name == official_pipeline.bank.names[53 if len(official_pipeline.bank) > 53 else 0]

@@ -21,8 +21,9 @@ def _style_id(value: str):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("photo", metavar="PHOTO", help="portrait photo (aligned face crop unless --align-face)")
     add_model_options(parser)
-    parser.add_argument("--style-id", type=_style_id, default=0, metavar="ID",
-                        help="index (official --style_id) or name of the style in the bank (default 0)")
+    parser.add_argument("--style-id", type=_style_id, default=None, metavar="ID",
+                        help="index (official --style_id) or name of the style in the bank "
+                             "(default 53 as the official script; 0 for banks with fewer styles)")
     parser.add_argument("--exemplar", metavar="IMG", help="use this image's style instead of a bank entry")
     parser.add_argument("--exemplar-steps", type=int, default=0, metavar="N",
                         help="faithful mode: refine the exemplar's code against the generator for N steps "
