@@ -5,8 +5,8 @@ Official banks
 ``checkpoint/<style>/exstyle_code.npy`` (encoder z+ codes of the style images),
 ``refined_exstyle_code.npy`` (the same after ``refine_exstyle.py``) and ``instyle_code.npy``
 (destylized intrinsic codes) are ``np.save`` of a Python dict ``file name -> float32 [1, 18,
-512]``: an object ``.npy`` whose payload is a *pickle*. Unpickling runs code, so we never call
-``np.load(allow_pickle=True)`` on such a file: :func:`read_npy_bank` parses the header with
+512]``: an object ``.npy`` whose payload is a *pickle*. Unpickling runs code, so we never let
+numpy unpickle such a file: :func:`read_npy_bank` parses the header with
 numpy's format helpers and unpickles with an allow-list of exactly the globals a bank needs
 (found by disassembling numpy-1.26 and numpy-2.x written banks with ``pickletools``):
 
