@@ -430,20 +430,21 @@ def _report(progress: Progress | None, stage: str, fraction: float) -> None:
 
 
 def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = None, style: str = "cartoon",
-            style_id: int | str | None = None, exemplar: str | Path | np.ndarray | None = None, preserve_color: bool = False,
-            wplus: bool = False, weights: Sequence[float] | None = None, structure: float | None = None,
-            color: float | None = None, truncation: float = OFFICIAL_TRUNCATION, align_face: bool = False,
-            exemplar_steps: int = 0, paste_back: bool = False, face: str | int = "largest", detector: str = "dlib", seed: int | None = None, device: torch.device | str = "cpu",
-            dtype: torch.dtype = torch.float32, low_memory: bool = False, pipeline: StylePipeline | None = None,
-            progress: Progress | None = None) -> StylizeResult:
+            style_id: int | str | None = None, exemplar: str | Path | np.ndarray | None = None,
+            exemplar_steps: int = 0, preserve_color: bool = False, wplus: bool = False,
+            weights: Sequence[float] | None = None, structure: float | None = None, color: float | None = None,
+            truncation: float = OFFICIAL_TRUNCATION, align_face: bool = False, paste_back: bool = False,
+            face: str | int = "largest", detector: str = "dlib", seed: int | None = None,
+            device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, low_memory: bool = False,
+            pipeline: StylePipeline | None = None, progress: Progress | None = None) -> StylizeResult:
     """Stylise a portrait photo after a bank style or an exemplar image.
 
     photo: a path or an HxWx3 uint8 array; an aligned square face crop unless ``align_face``.
     checkpoints/style: the official-layout folder and style name (or pass ``pipeline``).
-    style_id: index or name in the style bank (default: the official 53, or 0 for small banks);
-    ``exemplar`` (an image) replaces it: encoded in
-    one pass (fast mode), or refined against the generator for ``exemplar_steps`` steps
-    (faithful mode, see :mod:`pastiche_core.refine`).
+    style_id: index or name in the style bank (default: the official 53, or 0 for small banks).
+    exemplar: an image whose style replaces the bank entry: encoded in one pass (fast mode), or
+    refined against the generator for ``exemplar_steps`` steps (faithful mode, see
+    :mod:`pastiche_core.refine`).
     weights / structure / color: per-layer weights, or the two knobs (default 0.75 / 1).
     truncation: of the intrinsic code toward 0 (official default 0.75).
     paste_back: put the stylised face back into the photo (needs ``align_face``).
@@ -523,7 +524,7 @@ def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = 
     if pipeline.demo:
         image = draw_demo_caption(image)
     _report(progress, "done", 1.0)
-    return StylizeResult(image=image, face=faces[0], faces=faces, raw=raw.cpu(), instyle=instyle.cpu(), exstyle_latent=ex_latent.cpu(),
-                         exstyle=exstyle.cpu(), demo=pipeline.demo, style_name=style_name,
+    return StylizeResult(image=image, face=faces[0], faces=faces, raw=raw.cpu(), instyle=instyle.cpu(),
+                         exstyle_latent=ex_latent.cpu(), exstyle=exstyle.cpu(), demo=pipeline.demo, style_name=style_name,
                          info={"weights": layer_w, "truncation": truncation, "seed": seed, "wplus": wplus,
                                "preserve_color": preserve_color})
