@@ -133,13 +133,15 @@ def _depthwise(kernel: torch.Tensor, channels: int, like: torch.Tensor) -> torch
     return torch.flip(kernel, [0, 1]).to(like).view(1, 1, kh, kw).expand(channels, 1, kh, kw)
 
 
-def blur_fast(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
-    """upfirdn2d with up = down = 1 and symmetric padding, as one depthwise convolution."""
+def blur_fast(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int],
+              bias: torch.Tensor | None = None) -> torch.Tensor:
+    """upfirdn2d with up = down = 1, as one depthwise convolution (plus an optional per-channel
+    bias, added for free by the convolution)."""
     pad0, pad1 = pad
     if pad0 != pad1:
         x = F.pad(x, [pad0, pad1, pad0, pad1])
         pad0 = 0
-    return F.conv2d(x, _depthwise(kernel, x.shape[1], x), padding=pad0, groups=x.shape[1])
+    return F.conv2d(x, _depthwise(kernel, x.shape[1], x), bias, padding=pad0, groups=x.shape[1])
 
 
 def upsample2x_fast(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import LRELU_SLOPE, SQRT2, Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, set_fast_path
+from .ops import LRELU_SLOPE, SQRT2, Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, blur_fast, \
+    set_fast_path
 
 # Noise argument of the generators: "stored" (the checkpoint's buffers, deterministic),
 # "random" (fresh N(0, 1) maps, from ``generator`` if given), or one tensor per layer
@@ -107,10 +108,7 @@ class ModulatedConv2d(nn.Module):
         else:
             scale = torch.full_like(s[:, :1], gain).expand(-1, self.out_channels)
         if self.upsample:  # the blur is linear and per channel: scale before it, bias inside it
-            out = out * scale[:, :, None, None]
-            c = out.shape[1]
-            kernel = torch.flip(self.blur.kernel, [0, 1]).to(out).view(1, 1, 4, 4).expand(c, 1, 4, 4)
-            return F.conv2d(out, kernel, bias, padding=self.blur.pad[0], groups=c)
+            return blur_fast(out * scale[:, :, None, None], self.blur.kernel, self.blur.pad, bias)
         out = out * scale[:, :, None, None]
         return out if bias is None else out + bias.view(1, -1, 1, 1)
 
@@ -120,10 +118,7 @@ class ModulatedConv2d(nn.Module):
         for b in range(x.shape[0]):
             xb, wb = x[b: b + 1], weight[b]
             if self.upsample:
-                ob = F.conv_transpose2d(xb, wb.transpose(0, 1), stride=2)
-                c = ob.shape[1]
-                kernel = torch.flip(self.blur.kernel, [0, 1]).to(ob).view(1, 1, 4, 4).expand(c, 1, 4, 4)
-                ob = F.conv2d(ob, kernel, bias, padding=self.blur.pad[0], groups=c)
+                ob = blur_fast(F.conv_transpose2d(xb, wb.transpose(0, 1), stride=2), self.blur.kernel, self.blur.pad, bias)
             else:
                 ob = F.conv2d(xb, wb, bias, padding=self.padding)
             outs.append(ob)
