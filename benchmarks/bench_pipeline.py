@@ -46,10 +46,8 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from pastiche_core.models.psp import PSPEncoder
     from pastiche_core.pipeline import StylePipeline, stylize, to_model_input
-    from pastiche_core.reference import fixture_model
-    from pastiche_core.reference.fixture_weights import fixture_state_dict, fixture_tensor
+    from pastiche_core.reference import fixture_encoder, fixture_model
     from pastiche_core.styles import StyleBank
 
     if args.threads:
@@ -58,11 +56,7 @@ def main() -> int:
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
 
     t0 = time.perf_counter()
-    enc = PSPEncoder(output_size=1024, space="z+")
-    shapes = {k: tuple(v.shape) for k, v in enc.state_dict().items()}
-    enc.load_state_dict({k: torch.from_numpy(v) for k, v in fixture_state_dict(shapes).items()})
-    enc.set_latent_avg(torch.from_numpy(fixture_tensor("latent_avg", (18, 512))))
-    enc.eval().requires_grad_(False)
+    enc = fixture_encoder(1024, "z+")
     pipe = StylePipeline(None, device=device, dtype=dtype)
     pipe._encoders = {"z+": enc.to(device, dtype)}
     pipe._generator = fixture_model("dualstylegan", 1024).to(device, dtype).use_fast_path(

@@ -24,6 +24,16 @@ CONFIG_KEY = "pastiche.config"
 FORMAT_VERSION = "1"
 
 
+def first_existing(folder: str | os.PathLike, stems, suffixes) -> Path | None:
+    """The first ``folder/<stem><suffix>`` file that exists, trying stems in order, then suffixes."""
+    for stem in stems:
+        for suffix in suffixes:
+            p = Path(folder) / f"{stem}{suffix}"
+            if p.is_file():
+                return p
+    return None
+
+
 def _describe(path: Path) -> str:
     return f"'{path}'"
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoints import first_existing
 from .errors import CheckpointError, InputError
 from .models import DEFAULT_INTERP_WEIGHTS, DualStyleGAN, layer_weights
 
@@ -45,15 +46,6 @@ class DemoWeightsWarning(UserWarning):
 # --------------------------------------------------------------------------------------------
 # Locating files
 # --------------------------------------------------------------------------------------------
-def _first_existing(folder: Path, stems: Sequence[str], suffixes: Sequence[str]) -> Path | None:
-    for stem in stems:
-        for suffix in suffixes:
-            p = folder / f"{stem}{suffix}"
-            if p.is_file():
-                return p
-    return None
-
-
 @dataclass
 class CheckpointPaths:
     root: Path
@@ -69,11 +61,11 @@ class CheckpointPaths:
         root = Path(root)
         sdir = root / style
         return cls(root=root, style=style,
-                   generator=_first_existing(sdir, ["generator"], [".safetensors", ".pt"]),
-                   encoder=_first_existing(root, ["encoder"], [".safetensors", ".pt"]),
-                   encoder_wplus=_first_existing(root, ["encoder_wplus"], [".safetensors", ".pt"]),
-                   bank=_first_existing(sdir, ["refined_exstyle_code", "exstyle_code"], [".safetensors", ".npy"]),
-                   sampler=_first_existing(sdir, ["sampler"], [".safetensors", ".pt"]))
+                   generator=first_existing(sdir, ["generator"], [".safetensors", ".pt"]),
+                   encoder=first_existing(root, ["encoder"], [".safetensors", ".pt"]),
+                   encoder_wplus=first_existing(root, ["encoder_wplus"], [".safetensors", ".pt"]),
+                   bank=first_existing(sdir, ["refined_exstyle_code", "exstyle_code"], [".safetensors", ".npy"]),
+                   sampler=first_existing(sdir, ["sampler"], [".safetensors", ".pt"]))
 
     @property
     def empty(self) -> bool:
@@ -176,15 +168,9 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def exemplar_input(rgb: np.ndarray) -> torch.Tensor:
     """An exemplar as destylization reads style images: Resize(256) (shorter side), CenterCrop(256)."""
-    from PIL import Image
+    from .faces.io import resize_center_crop
 
-    img = Image.fromarray(rgb)
-    w, h = img.size
-    scale = 256 / min(w, h)
-    img = img.resize((max(256, round(w * scale)), max(256, round(h * scale))), Image.BILINEAR)
-    w, h = img.size
-    left, top = int(round((w - 256) / 2.0)), int(round((h - 256) / 2.0))
-    return to_model_input(np.asarray(img.crop((left, top, left + 256, top + 256))))
+    return to_model_input(resize_center_crop(rgb, 256))
 
 
 def exemplar_face(exemplar: str | Path | np.ndarray, detector: str = "dlib") -> np.ndarray:

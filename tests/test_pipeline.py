@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from pastiche_core.pipeline import StylePipeline, stylize
-from pastiche_core.reference import fixture_model
-from pastiche_core.reference.fixture_weights import fixture_state_dict, fixture_tensor
+from pastiche_core.reference import fixture_encoder, fixture_model
 from pastiche_core.styles import StyleBank
 
 FIX = Path(__file__).parent / "fixtures"
@@ -22,13 +21,7 @@ FIX = Path(__file__).parent / "fixtures"
 
 @pytest.fixture(scope="module")
 def official_pipeline():
-    from pastiche_core.models.psp import PSPEncoder
-
-    enc = PSPEncoder(output_size=1024, space="z+")
-    shapes = {k: tuple(v.shape) for k, v in enc.state_dict().items()}
-    enc.load_state_dict({k: torch.from_numpy(v) for k, v in fixture_state_dict(shapes).items()}, strict=True)
-    enc.set_latent_avg(torch.from_numpy(fixture_tensor("latent_avg", (18, 512))))
-    enc.eval().requires_grad_(False)
+    enc = fixture_encoder(1024, "z+")
     enc_w = copy.copy(enc)  # the fixture encoder_wplus.pt has the same weights; only the space differs
     enc_w.space = "w+"
     pipe = StylePipeline(None)

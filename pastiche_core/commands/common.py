@@ -7,7 +7,6 @@ from pathlib import Path
 
 from ..errors import InputError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +35,10 @@ def torch_device_dtype(args: argparse.Namespace):
 
 
 def check_output(path: str) -> Path:
+    from ..faces.io import _SAVE_FORMATS
+
     out = Path(path)
-    if out.suffix.lower() not in IMAGE_SUFFIXES:
+    if out.suffix.lower() not in _SAVE_FORMATS:
         raise InputError(f"output '{out}': unknown image extension '{out.suffix}' (use .png, .jpg or .webp)")
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
@@ -56,25 +57,11 @@ def progress_printer(quiet: bool):
 
 
 def save_png(out: Path, rgb, *, demo: bool, text: dict[str, str] | None = None) -> None:
-    """Write an image atomically (temp file + rename), with provenance in PNG text chunks
-    (``pastiche:weights`` says DEMO WEIGHTS for demo outputs)."""
-    import os
-
-    from PIL import Image, PngImagePlugin
+    """Write an image atomically, with provenance in PNG text chunks (``pastiche:weights`` says
+    DEMO WEIGHTS for demo outputs). HxWx4 input keeps its alpha where the format has one."""
+    from ..faces.io import save_image
 
     meta = {"pastiche:weights": "DEMO WEIGHTS (random, not a real stylisation)" if demo else "checkpoint"}
     meta.update(text or {})
-    img = Image.fromarray(rgb)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{out.suffix}")
-    try:
-        if out.suffix.lower() == ".png":
-            info = PngImagePlugin.PngInfo()
-            for k, v in meta.items():
-                info.add_text(k, v)
-            img.save(tmp, pnginfo=info)
-        else:
-            img.save(tmp, quality=95)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    alpha = rgb[:, :, 3] if rgb.shape[2] == 4 else None
+    save_image(out, rgb[:, :, :3], alpha, text=meta)

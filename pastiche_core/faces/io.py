@@ -32,7 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
 
-__all__ = ["ImageLoadError", "load_image", "to_rgb_uint8", "save_image", "DEFAULT_BACKGROUND"]
+__all__ = ["ImageLoadError", "load_image", "to_rgb_uint8", "resize_center_crop", "save_image", "DEFAULT_BACKGROUND"]
 
 #: Colour that transparent pixels are composited onto (documented choice: white).
 DEFAULT_BACKGROUND = (255, 255, 255)
@@ -193,14 +193,29 @@ def to_rgb_uint8(
     return np.array(im, dtype=np.uint8), None, bit_depth
 
 
+def resize_center_crop(rgb: np.ndarray, size: int = 256) -> np.ndarray:
+    """The official style-image transform ``Resize(size)`` (shorter side, bilinear) then
+    ``CenterCrop(size)``, on HxWx3 uint8."""
+    im = Image.fromarray(rgb)
+    w, h = im.size
+    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.BILINEAR)
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8).copy()
+
+
 def save_image(
     path: str | os.PathLike,
     rgb: np.ndarray,
     alpha: np.ndarray | None = None,
     *,
     quality: int = 95,
+    text: dict[str, str] | None = None,
 ) -> Path:
     """Write ``rgb`` (HxWx3 uint8, plus optional HxW alpha) to ``path`` atomically.
+
+    ``text``: key/value metadata, written as PNG text chunks (ignored by other formats).
 
     The format comes from the extension (.png, .jpg/.jpeg, .webp, .bmp, .tif/.tiff).
     Formats without alpha (JPEG, BMP) get the colour composited onto white. The data goes to a
@@ -235,6 +250,12 @@ def save_image(
     kwargs: dict[str, Any] = {}
     if fmt in ("JPEG", "WEBP"):
         kwargs["quality"] = int(quality)
+    if text and fmt == "PNG":
+        from PIL import PngImagePlugin
+
+        kwargs["pnginfo"] = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            kwargs["pnginfo"].add_text(key, value)
 
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
     try:

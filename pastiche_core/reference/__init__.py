@@ -2,6 +2,6 @@
 
 ``python -m pastiche_core.reference replay CASE.npz --out OUT.npz [--weights fixture|CHECKPOINT]``
 """
-from .replay import fixture_model, replay_case
+from .replay import fixture_encoder, fixture_model, replay_case
 
-__all__ = ["fixture_model", "replay_case"]
+__all__ = ["fixture_encoder", "fixture_model", "replay_case"]

@@ -45,6 +45,20 @@ def fixture_model(kind: str, size: int, manifest: str | Path | None = None) -> t
     return model.eval().requires_grad_(False)
 
 
+def fixture_encoder(output_size: int = 1024, space: str = "z+"):
+    """A pSp encoder (z+ or w+) with the fixture weights the official encoder fixtures used:
+    the recipe over its state-dict keys plus ``latent_avg = fixture_tensor("latent_avg", ...)``."""
+    from ..models.psp import PSPEncoder
+    from .fixture_weights import fixture_tensor
+
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in PSPEncoder(output_size=output_size, space=space).state_dict().items()}
+    state = {k: torch.from_numpy(v) for k, v in fixture_state_dict(shapes).items()}
+    n_styles = 2 * (output_size.bit_length() - 1) - 2
+    return PSPEncoder.from_state_dict(state, {"output_size": output_size, "start_from_latent_avg": True},
+                                      torch.from_numpy(fixture_tensor("latent_avg", (n_styles, 512))), space=space)
+
+
 def case_kind(meta: dict) -> str:
     if meta.get("model") in ("dualstylegan", "stylegan2"):
         return meta["model"]

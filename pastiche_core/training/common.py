@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoints import first_existing  # noqa: F401 (re-exported)
 from ..errors import CheckpointError, InputError, PasticheError
 
 # progress(done_steps, total_steps, info) -- info has at least "loss" (float) and "stage"
@@ -38,15 +39,6 @@ class StageResult:
     @property
     def finished(self) -> bool:
         return not self.stopped and self.steps_done >= self.total_steps
-
-
-def first_existing(folder: Path, stems: Sequence[str], suffixes: Sequence[str]) -> Path | None:
-    for stem in stems:
-        for suffix in suffixes:
-            p = Path(folder) / f"{stem}{suffix}"
-            if p.is_file():
-                return p
-    return None
 
 
 def style_dir(checkpoints: str | os.PathLike, style: str | None) -> Path:
@@ -78,25 +70,12 @@ def check_compatible(saved: Mapping, current: Mapping, keys: Sequence[str], path
 
 
 def load_style_image(path: str | os.PathLike, size: int = 256) -> torch.Tensor:
-    """A style image as the official scripts read it: RGB, ``Resize(size)`` (shorter side,
-    PIL bilinear with antialiasing), ``CenterCrop(size)``, to ``[3, size, size]`` in [-1, 1]."""
-    from PIL import Image
-
-    from ..faces.io import load_image
+    """A style image as the official scripts read it: RGB, ``Resize(size)``, ``CenterCrop(size)``,
+    to ``[3, size, size]`` in [-1, 1]."""
+    from ..faces.io import load_image, resize_center_crop
 
     rgb, _, _ = load_image(path)
-    im = Image.fromarray(rgb)
-    w, h = im.size
-    if w <= h:
-        nw, nh = size, int(size * h / w)
-    else:
-        nw, nh = int(size * w / h), size
-    if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), Image.BILINEAR)
-    left = int(round((nw - size) / 2.0))
-    top = int(round((nh - size) / 2.0))
-    im = im.crop((left, top, left + size, top + size))
-    x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255.0)
+    x = torch.from_numpy(resize_center_crop(rgb, size)).permute(2, 0, 1).float().div(255.0)
     return (x - 0.5) / 0.5
 
 
