@@ -275,14 +275,22 @@ def test_id_loss_matches_official():
 # --------------------------------------------------------------------------------------------
 # CLI dispatch
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("stage", ["finetune-stylegan", "destylize", "pretrain", "finetune"])
-def test_unimplemented_stages_exit_2(stage, tmp_path, monkeypatch, capsys):
-    code, out, err = run_cli(monkeypatch, capsys, stage, "--checkpoints", tmp_path, "--data", tmp_path,
-                             "--out", tmp_path / "out")
+@pytest.mark.parametrize("stage, missing", [
+    ("finetune-stylegan", "missing stylegan2-ffhq-config-f.pt"),
+    ("destylize", "missing finetune-000600.pt"),
+    ("pretrain", "missing vgg19-dcbb9e9d.pth"),
+    ("finetune", "missing vgg19-dcbb9e9d.pth"),
+])
+def test_stage_inputs_missing_exit_2(stage, missing, tmp_path, monkeypatch, capsys):
+    """Every stage checks its files before training: one error line naming the file, exit 2."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    (tmp_path / "data").mkdir()
+    code, out, err = run_cli(monkeypatch, capsys, stage, "--checkpoints", tmp_path / "ck", "--data",
+                             tmp_path / "data", "--out", tmp_path / "out")
     assert code == 2 and out == ""
-    assert err.strip() == (f"error: training stage '{stage}' is not implemented yet in this version "
-                           f"(implemented: refine-exstyle, sampler)")
-    assert not (tmp_path / "out").exists()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {missing}"), err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 def test_cli_argument_errors(tmp_path, monkeypatch, capsys):
@@ -292,7 +300,7 @@ def test_cli_argument_errors(tmp_path, monkeypatch, capsys):
                            "--iters", 0)
     assert code == 2 and "--iters must be at least 1" in err
     code, _, err = run_cli(monkeypatch, capsys, "sampler", "--checkpoints", tmp_path, "--out", tmp_path / "o")
-    assert code == 2 and "missing style bank" in err and "exstyle_code.npy" in err
+    assert code == 2 and "missing exstyle_code.npy" in err
     code, _, err = run_cli(monkeypatch, capsys, "refine-exstyle", "--checkpoints", tmp_path, "--out", tmp_path / "o")
     assert code == 2 and "needs --data" in err
 

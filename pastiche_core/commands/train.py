@@ -3,18 +3,29 @@
     python -m pastiche_core train STAGE --checkpoints DIR [--style NAME] --data FOLDER --out DIR
         [--iters N] [--batch B] [--size S] [--resume]
 
-Stages (official script in brackets; in the order they run):
+Stages (official script in brackets; in the order they run). Inputs are looked up in OUT,
+DIR/NAME and DIR, so stages chained into one --out folder find each other's files:
 
-  finetune-stylegan  StyleGAN2 fine-tuned on the style (finetune_stylegan.py)      not implemented yet
-  destylize          intrinsic/extrinsic codes of the style images (destylize.py)  not implemented yet
-  pretrain           DualStyleGAN on FFHQ (pretrain_dualstylegan.py)              not implemented yet
-  finetune           DualStyleGAN on the style (finetune_dualstylegan.py)         not implemented yet
+  finetune-stylegan  StyleGAN2 fine-tuned on the style images (finetune_stylegan.py)
+                     reads stylegan2-ffhq-config-f.pt (g, d, g_ema); --data = style images
+                     writes OUT/finetune-NNNNNN.pt (+ .safetensors); default 600 iterations
+  destylize          intrinsic/extrinsic codes of the style images (destylize.py)
+                     reads finetune-000600.pt (or the newest finetune-*.pt), stylegan2-ffhq-config-f.pt,
+                     encoder.pt, vgg19-dcbb9e9d.pth, model_ir_se50.pth; --data = style images
+                     writes OUT/instyle_code.npy, exstyle_code.npy (+ .safetensors); 300 iterations
+  pretrain           stages I-II: DualStyleGAN on real faces (pretrain_dualstylegan.py)
+                     reads stylegan2-ffhq-config-f.pt (g_ema, d), encoder.pt, vgg19-dcbb9e9d.pth;
+                     --data = face photos (FFHQ); writes OUT/generator-pretrain.pt; 3000 iterations
+  finetune           stage III: DualStyleGAN on the style (finetune_dualstylegan.py)
+                     reads generator-pretrain.pt, instyle_code.npy, exstyle_code.npy, vgg19-dcbb9e9d.pth,
+                     model_ir_se50.pth; --data = style images; writes OUT/generator.pt
+                     (+ generator-NNNNNN.pt, generator.safetensors); 1500 iterations
   refine-exstyle     refine the extrinsic codes (refine_exstyle.py)
-                     reads DIR[/NAME]/generator.pt, exstyle_code.npy, instyle_code.npy (optional)
+                     reads generator.pt, exstyle_code.npy, instyle_code.npy (optional)
                      and the style images in --data; needs vgg19-dcbb9e9d.pth (--loss vgg)
                      writes OUT/refined_exstyle_code.npy (+ .safetensors)
   sampler            train the random-style sampler (train_sampler.py)
-                     reads OUT/ or DIR[/NAME]/refined_exstyle_code.npy, else exstyle_code.npy
+                     reads refined_exstyle_code.npy, else exstyle_code.npy
                      writes OUT/sampler.pt (+ sampler.safetensors)
 
 A run checkpoints itself to OUT/train_state/STAGE.pt (atomically); Ctrl-C stops at the next
@@ -30,7 +41,6 @@ import sys
 from pathlib import Path
 
 STAGES = ("finetune-stylegan", "destylize", "pretrain", "finetune", "refine-exstyle", "sampler")
-IMPLEMENTED = ("refine-exstyle", "sampler")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +78,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", choices=("vgg", "pixel"), default="vgg",
                         help="refine-exstyle: vgg = VGG19 perceptual + contextual loss (default; LPIPS is replaced "
                              "by a VGG19 perceptual distance), pixel = L1 image loss (no VGG19 needed)")
+    parser.add_argument("--lr", type=float, metavar="LR",
+                        help="learning rate (finetune-stylegan/pretrain/finetune: 0.002; destylize: 0.1)")
+    parser.add_argument("--start", metavar="FILE",
+                        help="starting checkpoint (default: stylegan2-ffhq-config-f.pt for finetune-stylegan and "
+                             "pretrain, generator-pretrain.pt for finetune, the newest finetune-*.pt for destylize, "
+                             "generator.pt for refine-exstyle)")
+    parser.add_argument("--model-name", metavar="FILE",
+                        help="destylize: the fine-tuned StyleGAN2 in the checkpoint folders (official "
+                             "finetune-000600.pt; else the newest finetune-*.pt)")
+    parser.add_argument("--truncation", type=float, metavar="T", help="destylize: truncation of g(z) (official 0.7)")
+    parser.add_argument("--augment", action="store_true", help="GAN stages: adaptive discriminator augmentation")
+    parser.add_argument("--augment-p", type=float, metavar="P", help="GAN stages: fixed augmentation probability")
+    parser.add_argument("--r1", type=float, help="GAN stages: R1 weight (official 10)")
+    parser.add_argument("--mixing", type=float, help="GAN stages: style-mixing probability (official 0.9)")
+    parser.add_argument("--subspace-freq", type=int, metavar="N",
+                        help="pretrain: every N-th step uses the encoder's code (official 4); finetune: every N-th "
+                             "step is unpaired (official 2)")
+    parser.add_argument("--style-loss", type=float, metavar="W", help="finetune: feature-mean style loss (0.25)")
+    parser.add_argument("--cx-loss", type=float, metavar="W", help="finetune: contextual loss (0.25)")
+    parser.add_argument("--perc-loss", type=float, metavar="W", help="finetune: perceptual loss (1)")
+    parser.add_argument("--id-loss", type=float, metavar="W", help="finetune: identity loss (1)")
+    parser.add_argument("--l2-reg-loss", type=float, metavar="W", help="finetune: L2 of the extrinsic path (0.015)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -135,31 +167,10 @@ class _StopOnSigint:
         return self.requested
 
 
-def _bank_path(args, sdir: Path, out: Path, stems_out, stems_dir) -> Path:
-    from ..errors import CheckpointError
-    from ..training.common import first_existing
-
-    if args.bank:
-        path = Path(args.bank)
-        if not path.is_file():
-            raise CheckpointError(f"--bank '{path}' does not exist")
-        return path
-    for folder, stems in ((out, stems_out), (sdir, stems_dir)):
-        if stems:
-            found = first_existing(folder, stems, (".safetensors", ".npy"))
-            if found is not None:
-                return found
-    names = " or ".join(f"{s}.npy" for s in stems_dir)
-    raise CheckpointError(f"missing style bank: no {names} in '{sdir}' (give one with --bank FILE)")
-
-
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..training.common import StageNotImplemented, style_dir
+    from ..training.runner import run_stage
 
-    if args.stage not in IMPLEMENTED:
-        raise StageNotImplemented(f"training stage '{args.stage}' is not implemented yet in this version "
-                                  f"(implemented: {', '.join(IMPLEMENTED)})")
     if not args.out:
         raise InputError("--out DIR is required (the results and the training state go there)")
     for name in ("iters", "batch", "save_every"):
@@ -167,18 +178,25 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out '{out}' exists and is not a folder")
-    sdir = style_dir(args.checkpoints, args.style)
     if args.resume:
         from ..training.checkpointing import state_path
 
         state = state_path(out, args.stage)
         _say(f"resuming from {state}" if state.is_file() else f"--resume: no training state at {state}; starting afresh")
+    options = {"iters": args.iters, "batch": args.batch, "size": args.size, "lr": args.lr, "bank": args.bank,
+               "instyle": args.instyle, "lr_preset": args.lr_preset, "lr_color": args.lr_color,
+               "lr_structure": args.lr_structure, "loss": args.loss, "start": args.start,
+               "model_name": args.model_name, "truncation": args.truncation, "augment": args.augment or None,
+               "augment_p": args.augment_p, "r1": args.r1, "mixing": args.mixing, "subspace_freq": args.subspace_freq,
+               "style_loss": args.style_loss, "CX_loss": args.cx_loss, "perc_loss": args.perc_loss,
+               "id_loss": args.id_loss, "L2_reg_loss": args.l2_reg_loss}
     with _StopOnSigint() as stop:
         bar = _Bar(args.quiet, args.stage)
         try:
-            result = (_run_sampler if args.stage == "sampler" else _run_refine)(args, sdir, out, bar, stop)
+            result = run_stage(args.stage, checkpoints=args.checkpoints, out=out, data=args.data, style=args.style,
+                               options=options, seed=args.seed, resume=args.resume, device=args.device,
+                               loss_models=args.loss_models, save_every=args.save_every, progress=bar,
+                               should_stop=stop)
         finally:
             bar.close()
     for note in result.notes:
@@ -191,61 +209,3 @@ def run(args: argparse.Namespace) -> int:
         for path in result.outputs:
             print(path)
     return 0
-
-
-def _run_sampler(args, sdir: Path, out: Path, bar, stop):
-    from ..styles import StyleBank
-    from ..training.sampler_stage import SamplerConfig, train_sampler
-
-    bank_path = _bank_path(args, sdir, out, ["refined_exstyle_code"], ["refined_exstyle_code", "exstyle_code"])
-    bank = StyleBank.load(bank_path)
-    _say(f"sampler: {len(bank)} styles from {bank_path}")
-    cfg = SamplerConfig(iters=args.iters, seed=args.seed, device=args.device)
-    if args.batch is not None:
-        cfg.batch = args.batch
-    if args.save_every is not None:
-        cfg.save_every = args.save_every
-    return train_sampler(bank, out, cfg, resume=args.resume, progress=bar, should_stop=stop)
-
-
-def _run_refine(args, sdir: Path, out: Path, bar, stop):
-    from ..checkpoints import load_dualstylegan
-    from ..errors import CheckpointError, InputError
-    from ..styles import StyleBank
-    from ..training.common import first_existing
-    from ..training.losses import load_vgg19
-    from ..training.refine_stage import RefineConfig, lr_preset, refine_exstyle_codes
-
-    if not args.data:
-        raise InputError("refine-exstyle needs --data FOLDER: the style images the bank was made from "
-                         "(official data/<style>/images/train)")
-    gen_path = first_existing(sdir, ["generator"], (".safetensors", ".pt"))
-    if gen_path is None:
-        raise CheckpointError(f"missing generator.pt: refine-exstyle needs the style's DualStyleGAN in '{sdir}' "
-                              f"(the official checkpoint/<style>/generator.pt, or our generator.safetensors)")
-    exstyle_path = _bank_path(args, sdir, out, None, ["exstyle_code"])
-    if args.instyle:
-        instyle_path = Path(args.instyle)
-        if not instyle_path.is_file():
-            raise CheckpointError(f"--instyle '{instyle_path}' does not exist")
-    else:
-        instyle_path = first_existing(sdir, ["instyle_code"], (".safetensors", ".npy"))
-    lr_color, lr_structure = lr_preset(args.lr_preset)
-    cfg = RefineConfig(iters=args.iters or 100, batch=args.batch or 1, size=args.size, loss=args.loss, seed=args.seed,
-                       device=args.device,
-                       lr_color=args.lr_color if args.lr_color is not None else lr_color,
-                       lr_structure=args.lr_structure if args.lr_structure is not None else lr_structure)
-    if args.save_every is not None:
-        cfg.save_every = args.save_every
-    # Every input, the loss network included, is checked before the first step.
-    vgg = None
-    if cfg.loss == "vgg":
-        vgg = load_vgg19([*args.loss_models, args.checkpoints, sdir], n_slices=5,
-                         purpose="the perceptual and contextual losses of refine-exstyle (or use --loss pixel)")
-    generator = load_dualstylegan(gen_path)
-    exstyle = StyleBank.load(exstyle_path)
-    instyle = StyleBank.load(instyle_path) if instyle_path is not None else None
-    _say(f"refine-exstyle: {len(exstyle)} codes from {exstyle_path}; generator {gen_path}; "
-         f"lr colour {cfg.lr_color}, structure {cfg.lr_structure}")
-    return refine_exstyle_codes(generator, exstyle, instyle, args.data, out, cfg, vgg=vgg, resume=args.resume,
-                                progress=bar, should_stop=stop)

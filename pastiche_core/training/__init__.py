@@ -1,13 +1,15 @@
 """Training the official DualStyleGAN pipeline: resumable state, losses, multi-process, stages.
 
-Implemented stages: ``refine-exstyle`` (:func:`refine_exstyle_codes`) and ``sampler``
-(:func:`train_sampler`). ``finetune-stylegan``, ``destylize``, ``pretrain`` and ``finetune`` are
-not implemented yet in this version. Heavy modules are imported lazily.
+Stages, in the order they run: ``finetune-stylegan`` (:func:`finetune_stylegan`), ``destylize``
+(:func:`destylize`), ``pretrain`` (:func:`pretrain_dualstylegan`), ``finetune``
+(:func:`finetune_dualstylegan`), ``refine-exstyle`` (:func:`refine_exstyle_codes`) and
+``sampler`` (:func:`train_sampler`); :func:`run_stage` finds a stage's inputs and runs it.
+Heavy modules are imported lazily.
 """
 from __future__ import annotations
 
 STAGES = ("finetune-stylegan", "destylize", "pretrain", "finetune", "refine-exstyle", "sampler")
-IMPLEMENTED_STAGES = ("refine-exstyle", "sampler")
+IMPLEMENTED_STAGES = STAGES
 
 _LAZY = {
     "train_sampler": ".sampler_stage", "SamplerConfig": ".sampler_stage", "load_sampler_safetensors": "..models.sampler",
@@ -16,6 +18,10 @@ _LAZY = {
     "MissingLossNetworkError": ".losses", "VGG19Features": ".losses", "IDLoss": ".losses",
     "load_state": ".checkpointing", "save_state": ".checkpointing", "make_state": ".checkpointing",
     "apply_state": ".checkpointing",
+    "run_stage": ".runner", "finetune_stylegan": ".stylegan_stage", "destylize": ".destylize_stage",
+    "DestylizeConfig": ".destylize_stage", "pretrain_dualstylegan": ".dualstylegan_stage",
+    "finetune_dualstylegan": ".dualstylegan_stage", "GANConfig": ".gan", "AdaptiveAugment": ".augment",
+    "augment": ".augment",
 }
 
 

@@ -1,0 +1,137 @@
+"""The official training files: what each stage reads and writes, found and checked up front.
+
+Inputs are looked up, in order, in the run's output folder, the style folder
+(``--checkpoints DIR/--style NAME``) and the checkpoints folder itself, so a chain of stages
+writing into one folder finds each other's results, and the official layout
+(``checkpoint/stylegan2-ffhq-config-f.pt``, ``checkpoint/<style>/finetune-000600.pt``...) works
+unchanged. A missing file is an error naming it, what it is for and where it may go.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import (_load_strict, build_generator, infer_stylegan2_config, is_dualstylegan_state,
+                           is_stylegan2_state, safe_torch_load, save_generator_safetensors)
+from ..errors import CheckpointError
+from .checkpointing import atomic_torch_save
+
+STYLEGAN_FFHQ = "stylegan2-ffhq-config-f.pt"
+PRETRAIN = "generator-pretrain.pt"
+ENCODER = "encoder.pt"
+
+
+def search_folders(out: str | os.PathLike | None, checkpoints: str | os.PathLike,
+                   style: str | None) -> list[Path]:
+    folders = [Path(out)] if out else []
+    root = Path(checkpoints)
+    if style:
+        folders.append(root / style)
+    folders.append(root)
+    unique: list[Path] = []
+    for f in folders:
+        if f not in unique:
+            unique.append(f)
+    return unique
+
+
+def find_file(name: str, folders: Sequence[Path], purpose: str) -> Path:
+    """``name`` in the first folder that has it, else a :class:`CheckpointError` naming it."""
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+    where = ", ".join(f"'{f}'" for f in folders)
+    raise CheckpointError(f"missing {name}: {purpose}. Put it in one of: {where}")
+
+
+def latest_numbered(prefix: str, folders: Sequence[Path]) -> Path | None:
+    """The highest ``PREFIX-NNNNNN.pt`` in the first folder that has one (e.g. finetune-000600.pt)."""
+    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)\.pt$")
+    for folder in folders:
+        if folder.is_dir():
+            found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name)))
+            if found:
+                return found[-1][1]
+    return None
+
+
+def read_training_file(path: Path, expected: str, required: Sequence[str]) -> dict:
+    """A training checkpoint dict (weights-only load) that has the ``required`` entries."""
+    obj = safe_torch_load(path, expected)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"'{path}' is not {expected} (no dict inside)")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise CheckpointError(f"'{path}' has no {', '.join(repr(k) for k in missing)} entr"
+                              f"{'y' if len(missing) == 1 else 'ies'}; expected {expected}")
+    return dict(obj)
+
+
+def stylegan2_from_state(state: Mapping[str, torch.Tensor], path: Path, what: str):
+    if not is_stylegan2_state(state):
+        hint = " (it is a DualStyleGAN)" if is_dualstylegan_state(state) else ""
+        raise CheckpointError(f"'{path}': {what} is not a StyleGAN2 generator state dict{hint}")
+    return build_generator("stylegan2", state, path)
+
+
+def discriminator_from_state(state: Mapping[str, torch.Tensor], size: int, path: Path):
+    from ..models.discriminator import Discriminator
+
+    if not isinstance(state, Mapping) or "final_linear.1.weight" not in state:
+        raise CheckpointError(f"'{path}': 'd' is not a StyleGAN2 discriminator state dict")
+    multiplier = 2
+    first = state.get("convs.0.0.weight")
+    if first is not None:
+        from ..models.stylegan2 import channel_counts
+
+        for m in (1, 2, 4):
+            if channel_counts(m).get(size) == first.shape[0]:
+                multiplier = m
+                break
+    d = Discriminator(size, multiplier)
+    _load_strict(d, state, path, f"a {size}px StyleGAN2 discriminator (the 'd' of {STYLEGAN_FFHQ})")
+    return d
+
+
+def stylegan2_size(state: Mapping[str, torch.Tensor], path: Path) -> int:
+    try:
+        return int(infer_stylegan2_config(state)["size"])
+    except KeyError as exc:
+        raise CheckpointError(f"'{path}': cannot infer the generator size: {exc.args[0]}") from None
+
+
+def save_generator_files(stem: Path, kind: str, state: Mapping[str, torch.Tensor], config: dict,
+                         safetensors: bool = True) -> list[Path]:
+    """``STEM.pt`` = ``{"g_ema": state}`` (official) and ``STEM.safetensors`` (ours), atomically."""
+    pt = stem.with_suffix(".pt")
+    atomic_torch_save({"g_ema": {k: v.detach().cpu() for k, v in state.items()}}, pt)
+    out = [pt]
+    if safetensors:
+        st = stem.with_suffix(".safetensors")
+        save_generator_safetensors(st, kind, state, config)
+        out.append(st)
+    return out
+
+
+def link_or_copy(src: Path, dst: Path) -> Path:
+    """``dst`` as a hard link to ``src`` (a copy where links are not possible), replacing it."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+__all__ = ["ENCODER", "PRETRAIN", "STYLEGAN_FFHQ", "discriminator_from_state", "find_file", "latest_numbered",
+           "link_or_copy", "read_training_file", "save_generator_files", "search_folders", "stylegan2_from_state",
+           "stylegan2_size"]

@@ -1,0 +1,235 @@
+"""One entry point for every training stage: find and check its inputs, then run it.
+
+:func:`run_stage` is what the CLI (``python -m pastiche_core train STAGE``) and the ComfyUI
+``FineTuneStage`` node call. Inputs are looked up in ``out``, ``checkpoints/style`` and
+``checkpoints`` (see :mod:`.files`), loss networks in ``loss_models``, the checkpoint folders and
+the torch hub cache; everything, loss networks included, is loaded and checked before the
+first step, so a missing file never costs training time.
+
+Defaults (``None`` options) are the official ones, see :data:`DEFAULTS`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..errors import CheckpointError, InputError
+from .common import Progress, ShouldStop, StageResult
+from .files import ENCODER, find_file, latest_numbered, search_folders
+
+STAGES = ("finetune-stylegan", "destylize", "pretrain", "finetune", "refine-exstyle", "sampler")
+
+# stage -> official defaults of the options run_stage takes (iters, batch, lr and stage extras)
+DEFAULTS: dict[str, dict] = {
+    "finetune-stylegan": {"iters": 600, "batch": 4, "lr": 0.002},
+    "destylize": {"iters": 300, "batch": 1, "lr": 0.1, "truncation": 0.7, "model_name": "finetune-000600.pt"},
+    "pretrain": {"iters": 3000, "batch": 4, "lr": 0.002, "subspace_freq": 4},
+    "finetune": {"iters": 1500, "batch": 4, "lr": 0.002, "subspace_freq": 2, "style_loss": 0.25, "CX_loss": 0.25,
+                 "perc_loss": 1.0, "id_loss": 1.0, "L2_reg_loss": 0.015},
+    "refine-exstyle": {"iters": 100, "batch": 1, "lr_color": 0.01, "lr_structure": 0.005},
+    "sampler": {"iters": None, "batch": 128},
+}
+GAN_STAGES = ("finetune-stylegan", "pretrain", "finetune")
+
+
+def _opt(options: Mapping, stage: str, key: str):
+    value = options.get(key)
+    return DEFAULTS[stage].get(key) if value is None else value
+
+
+def _gan_config(stage: str, options: Mapping, seed: int, device: str, save_every: int | None):
+    from .gan import GANConfig
+
+    extra = {k: _opt(options, stage, k) for k in DEFAULTS[stage] if k not in ("iters", "batch", "lr")}
+    cfg = GANConfig(iters=int(_opt(options, stage, "iters")), batch=int(_opt(options, stage, "batch")),
+                    lr=float(_opt(options, stage, "lr")), seed=seed, device=device, extra=extra)
+    for key in ("r1", "path_regularize", "mixing", "augment", "augment_p", "sample_every"):
+        if options.get(key) is not None:
+            setattr(cfg, key, type(getattr(cfg, key))(options[key]))
+    if save_every is not None:
+        cfg.save_every = save_every
+    return cfg
+
+
+def _encoder(folders: Sequence[Path], device: str, purpose: str):
+    from ..models.psp import PSPEncoder
+
+    path = find_file(ENCODER, folders, f"the z+ pSp encoder (the official checkpoint/encoder.pt), needed for {purpose}")
+    return PSPEncoder.from_checkpoint(path, device=device)
+
+
+def _bank(folders: Sequence[Path], stem: str, purpose: str, given: str | None = None):
+    from ..styles import StyleBank
+    from .common import first_existing
+
+    if given:
+        path = Path(given)
+        if not path.is_file():
+            raise CheckpointError(f"style bank '{path}' does not exist")
+        return StyleBank.load(path), path
+    for folder in folders:
+        found = first_existing(folder, [stem], (".safetensors", ".npy"))
+        if found is not None:
+            return StyleBank.load(found), found
+    raise CheckpointError(f"missing {stem}.npy: {purpose}. Put it in one of: "
+                          + ", ".join(f"'{f}'" for f in folders))
+
+
+def run_stage(stage: str, *, checkpoints: str | os.PathLike, out: str | os.PathLike, data: str | os.PathLike | None = None,
+              style: str | None = None, options: Mapping | None = None, seed: int = 0, resume: bool = False,
+              device: str = "cpu", loss_models: Sequence[str | os.PathLike] = (), save_every: int | None = None,
+              progress: Progress | None = None, should_stop: ShouldStop | None = None) -> StageResult:
+    """Run one training stage (see the module doc). ``options``: ``iters``, ``batch``, ``lr``,
+    ``size`` and stage settings (:data:`DEFAULTS`; ``augment``, ``r1``, ``mixing``,
+    ``sample_every``, ``start`` (the starting checkpoint), ``bank``, ``instyle``, ``loss``...)."""
+    if stage not in STAGES:
+        raise InputError(f"unknown training stage {stage!r}; stages: {', '.join(STAGES)}")
+    options = dict(options or {})
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output folder '{out}' exists and is not a folder")
+    for key in ("iters", "batch"):
+        if options.get(key) is not None and int(options[key]) < 1:
+            raise InputError(f"--{key} must be at least 1, got {options[key]}")
+    folders = search_folders(out, checkpoints, style)
+    net_folders = [*loss_models, *folders]
+    if stage in ("finetune-stylegan", "destylize", "pretrain", "finetune", "refine-exstyle") and not data:
+        what = {"pretrain": "real face photos (the official FFHQ training set)"}.get(
+            stage, "the style images (official data/<style>/images/train)")
+        raise InputError(f"{stage} needs --data FOLDER: {what}")
+    kwargs = dict(resume=resume, progress=progress, should_stop=should_stop)
+
+    if stage == "finetune-stylegan":
+        from .stylegan_stage import finetune_stylegan
+
+        cfg = _gan_config(stage, options, seed, device, save_every)
+        return finetune_stylegan(checkpoints, data, out, cfg, style=style, start=options.get("start"), **kwargs)
+
+    if stage == "destylize":
+        from ..checkpoints import load_stylegan2
+        from .destylize_stage import DestylizeConfig, destylize
+        from .files import STYLEGAN_FFHQ
+        from .losses import load_id_loss, load_vgg19
+
+        # An explicit --model-name, else the newest finetune-NNNNNN.pt of the first folder that has
+        # one (out first): finetune-000600.pt after the official 600 iterations, and never a stale
+        # file from an older run elsewhere in the search path.
+        name = options.get("model_name")
+        gprime = options.get("start")
+        if gprime is None and name:
+            gprime = next((f / name for f in folders if (f / name).is_file()), None)
+        if gprime is None and not name:
+            gprime = latest_numbered("finetune", folders)
+        if gprime is None:
+            name = name or DEFAULTS[stage]["model_name"]
+            raise CheckpointError(f"missing {name}: destylize needs the StyleGAN2 fine-tuned on the style (written by "
+                                  f"the finetune-stylegan stage). Put it in one of: "
+                                  + ", ".join(f"'{f}'" for f in folders))
+        original = find_file(STYLEGAN_FFHQ, folders, "rosinality's FFHQ StyleGAN2, the generator destylize renders "
+                                                     "the realistic faces with")
+        cfg = DestylizeConfig(iters=int(_opt(options, stage, "iters")), batch=int(_opt(options, stage, "batch")),
+                              lr=float(_opt(options, stage, "lr")), truncation=float(_opt(options, stage, "truncation")),
+                              seed=seed, device=device, loss=options.get("loss") or "vgg")
+        if options.get("id_weight") is not None:
+            cfg.id_weight = float(options["id_weight"])
+        if save_every is not None:
+            cfg.save_every = save_every
+        vgg = (load_vgg19(net_folders, n_slices=5, purpose="destylize's perceptual loss (or use --loss pixel)")
+               if cfg.loss == "vgg" else None)
+        id_loss = load_id_loss(net_folders, purpose="destylize's identity loss") if cfg.id_weight > 0 else None
+        encoder = _encoder(folders, device, "destylize")
+        g_prime, _ = load_stylegan2(gprime)
+        g_orig, _ = load_stylegan2(original)
+        result = destylize(g_prime, g_orig, encoder, data, out, cfg, vgg=vgg, id_loss=id_loss, **kwargs)
+        result.notes.append(f"g' = {gprime}; g = {original}")
+        return result
+
+    if stage == "pretrain":
+        from .dualstylegan_stage import pretrain_dualstylegan
+        from .losses import load_vgg19
+
+        cfg = _gan_config(stage, options, seed, device, save_every)
+        vgg = load_vgg19(net_folders, n_slices=3, purpose="pretrain's perceptual loss")
+        encoder = _encoder(folders, device, "pretrain (the extrinsic codes of sampled faces)")
+        return pretrain_dualstylegan(checkpoints, data, out, encoder, vgg, cfg, style=style,
+                                     start=options.get("start"), **kwargs)
+
+    if stage == "finetune":
+        from .dualstylegan_stage import finetune_dualstylegan
+        from .losses import load_id_loss, load_vgg19
+
+        cfg = _gan_config(stage, options, seed, device, save_every)
+        vgg = load_vgg19(net_folders, n_slices=3, purpose="finetune's perceptual, contextual and style losses")
+        id_loss = load_id_loss(net_folders, purpose="finetune's identity loss")
+        instyle, _ = _bank(folders, "instyle_code", "finetune needs the destylized intrinsic codes (destylize "
+                                                    "writes them)", options.get("instyle"))
+        exstyle, _ = _bank(folders, "exstyle_code", "finetune needs the exemplars' extrinsic codes (destylize "
+                                                    "writes them)", options.get("bank"))
+        return finetune_dualstylegan(checkpoints, data, out, vgg, id_loss, instyle, exstyle, cfg, style=style,
+                                     start=options.get("start"), **kwargs)
+
+    if stage == "refine-exstyle":
+        from ..checkpoints import load_dualstylegan
+        from .common import first_existing
+        from .losses import load_vgg19
+        from .refine_stage import RefineConfig, lr_preset, refine_exstyle_codes
+
+        gen_path = options.get("start")
+        if gen_path is None:
+            gen_path = next((p for f in folders if (p := first_existing(f, ["generator"], (".safetensors", ".pt")))),
+                            None)
+        if gen_path is None:
+            raise CheckpointError("missing generator.pt: refine-exstyle needs the style's DualStyleGAN (the official "
+                                  "checkpoint/<style>/generator.pt, or our generator.safetensors) in one of: "
+                                  + ", ".join(f"'{f}'" for f in folders))
+        exstyle, ex_path = _bank(folders, "exstyle_code", "refine-exstyle refines the extrinsic codes", options.get("bank"))
+        instyle = None
+        if options.get("instyle"):
+            instyle, _ = _bank(folders, "instyle_code", "", options["instyle"])
+        else:
+            try:
+                instyle, _ = _bank(folders, "instyle_code", "")
+            except CheckpointError:
+                instyle = None
+        lr_color, lr_structure = lr_preset(options.get("lr_preset") or "script")
+        cfg = RefineConfig(iters=int(_opt(options, stage, "iters")), batch=int(_opt(options, stage, "batch")),
+                           size=int(options.get("size") or 256), loss=options.get("loss") or "vgg", seed=seed,
+                           device=device,
+                           lr_color=float(options["lr_color"]) if options.get("lr_color") is not None else lr_color,
+                           lr_structure=(float(options["lr_structure"]) if options.get("lr_structure") is not None
+                                         else lr_structure))
+        if save_every is not None:
+            cfg.save_every = save_every
+        vgg = None
+        if cfg.loss == "vgg":
+            vgg = load_vgg19(net_folders, n_slices=5,
+                             purpose="the perceptual and contextual losses of refine-exstyle (or use --loss pixel)")
+        generator = load_dualstylegan(gen_path)
+        result = refine_exstyle_codes(generator, exstyle, instyle, data, out, cfg, vgg=vgg, **kwargs)
+        result.notes.append(f"{len(exstyle)} codes from {ex_path}; generator {gen_path}; "
+                            f"lr colour {cfg.lr_color}, structure {cfg.lr_structure}")
+        return result
+
+    # sampler
+    from .sampler_stage import SamplerConfig, train_sampler
+
+    given = options.get("bank")
+    try:
+        bank, bank_path = _bank(folders, "refined_exstyle_code", "", given)
+    except CheckpointError:
+        if given:
+            raise
+        bank, bank_path = _bank(folders, "exstyle_code", "the sampler learns the distribution of the extrinsic "
+                                                         "codes (refined_exstyle_code.npy or exstyle_code.npy)")
+    cfg = SamplerConfig(iters=options.get("iters"), seed=seed, device=device)
+    if options.get("batch") is not None:
+        cfg.batch = int(options["batch"])
+    if save_every is not None:
+        cfg.save_every = save_every
+    result = train_sampler(bank, out, cfg, **kwargs)
+    result.notes.append(f"{len(bank)} styles from {bank_path}")
+    return result
+
+
+__all__ = ["DEFAULTS", "GAN_STAGES", "STAGES", "run_stage"]
