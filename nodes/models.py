@@ -131,7 +131,33 @@ def _pick_dtype(precision: str, device, n_params: int):
 _CACHE: dict[tuple, DualStyleGANBundle] = {}
 
 
-def load_bundle(style: str, precision: str = "auto") -> DualStyleGANBundle:
+def _files_stamp(root: Path, style: str) -> tuple:
+    """(name, size, mtime) of the files a bundle loads: a retrained style is a new cache key."""
+    from pastiche_core.pipeline import CheckpointPaths
+
+    paths = CheckpointPaths.find(root, style)
+    out = []
+    for p in (paths.generator, paths.encoder, paths.encoder_wplus, paths.bank, paths.sampler):
+        if p is not None:
+            try:
+                st = os.stat(p)
+                out.append((p.name, st.st_size, st.st_mtime_ns))
+            except OSError:
+                pass
+    return tuple(out)
+
+
+def precision_of(dtype) -> str:
+    """The LoadDualStyleGAN precision that gives ``dtype`` (to reload a style like another one)."""
+    import torch
+
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "auto")
+
+
+def load_bundle(style: str, precision: str = "auto", *, root: Path | None = None,
+                reload: bool = False) -> DualStyleGANBundle:
+    """The bundle of ``style``: found in the registered model folders, or in ``root`` when given
+    (e.g. the folder a Fine-Tune Stage just wrote). ``reload``: never reuse a cached bundle."""
     import comfy.model_management as mm
     from pastiche_core.errors import PasticheError
     from pastiche_core.pipeline import DemoWeightsWarning, StylePipeline
@@ -140,6 +166,8 @@ def load_bundle(style: str, precision: str = "auto") -> DualStyleGANBundle:
     dtype = _pick_dtype(precision, load_device, 300_000_000)
     if style == DEMO_STYLE:
         root, stylename = None, "demo"
+    elif root is not None:
+        root, stylename = Path(root), style
     else:
         styles = find_styles()
         if style not in styles:
@@ -147,8 +175,9 @@ def load_bundle(style: str, precision: str = "auto") -> DualStyleGANBundle:
             raise PasticheNodeError(f"style folder '{style}' not found in {where}; put the official "
                                     f"'{style}/generator.pt' there (see the Pastiche README) or pick another style")
         root, stylename = styles[style], style
-    key = (str(root), stylename, str(load_device), str(dtype))
-    if key in _CACHE:
+    stamp = _files_stamp(root, stylename) if root is not None else ()
+    key = (str(root), stylename, str(load_device), str(dtype), stamp)
+    if key in _CACHE and not reload:
         return _CACHE[key]
     try:
         if root is None:

@@ -127,7 +127,7 @@ def test_schemas(nodes):
                     assert spec[1]["min"] <= spec[1]["default"] <= spec[1]["max"], f"{node_id}.{name}"
                 custom |= {spec[0]} - {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "IMAGE"}
         assert all(t for t in info["output_tooltips"]), node_id
-        custom |= set(info["output"]) - {"IMAGE"}
+        custom |= set(info["output"]) - {"IMAGE", "STRING"}
     assert custom == {"DUALSTYLEGAN_MODEL", "DUALSTYLEGAN_STYLE", "DUALSTYLEGAN_WEIGHTS", "PASTICHE_FACES"}
 
 
@@ -305,9 +305,264 @@ def test_random_styles_and_interpolation(nodes, demo, host):
         nodes["PasticheInterpolateStyles"].execute(style_a=three, style_b=b, steps=3)
 
 
-def test_finetune_says_training_is_not_available(nodes, demo, host):
-    with pytest.raises(err(host), match="Training is not available in this version"):
-        nodes["FineTuneStage"].execute(model=demo, exemplars=face_image(), stage="I: color transfer (pretrain)")
+# ------------------------------------------------------------------------------------------
+# training (FineTuneStage over pastiche_core.training.runner.run_stage)
+# ------------------------------------------------------------------------------------------
+STAGE_IDS = ["finetune-stylegan", "destylize", "pretrain", "finetune", "refine-exstyle", "sampler"]
+
+
+def training_mod():
+    return sys.modules["pastiche_pack_under_test.nodes.training"]
+
+
+def test_finetune_stage_schema(nodes):
+    cls = nodes["FineTuneStage"]
+    schema = cls.GET_SCHEMA()
+    assert schema.not_idempotent and schema.category == "Pastiche/training"
+    info = cls.GET_NODE_INFO_V1()
+    req, opt = info["input"]["required"], info["input"]["optional"]
+    stages = req["stage"][1]["options"]
+    assert [training_mod().STAGE_LABELS[s] for s in stages] == STAGE_IDS  # pipeline order
+    assert [int(s.split()[0]) for s in stages] == [1, 2, 3, 4, 5, 6]
+    assert req["stage"][1]["default"] == stages[3] and "finetune" in stages[3]
+    assert req["model"][0] == "DUALSTYLEGAN_MODEL" and opt["images"][0] == "IMAGE" and opt["data_folder"][0] == "STRING"
+    for name in ("iterations", "batch_size", "learning_rate"):
+        assert req[name][1]["default"] == 0 and req[name][1]["min"] == 0
+    assert "600" in req["iterations"][1]["tooltip"] and "1500" in req["iterations"][1]["tooltip"]
+    assert {k: req[k][1]["default"] for k in ("style_loss", "contextual_loss", "perceptual_loss", "identity_loss",
+                                               "l2_reg_loss")} == {"style_loss": 0.25, "contextual_loss": 0.25,
+                                                                   "perceptual_loss": 1.0, "identity_loss": 1.0,
+                                                                   "l2_reg_loss": 0.015}
+    for name, typ in (("augment", "BOOLEAN"), ("seed", "INT"), ("save_name", "STRING"), ("resume", "BOOLEAN"),
+                      ("preview_every", "INT")):
+        assert req[name][0] == typ, name
+    assert "control_after_generate" not in req["seed"][1]  # a randomised seed would break resume
+    assert info["output"] == ["DUALSTYLEGAN_MODEL", "IMAGE", "STRING"]
+    assert info["output_name"] == ["model", "preview", "info"]
+
+
+def test_training_workflow_chains_the_pipeline(nodes, checker):
+    info = dict(checker.CORE_NODES)
+    info.update({k: v.GET_NODE_INFO_V1() for k, v in nodes.items()})
+    wf = json.loads((ROOT / "workflows" / "5_training_finetune.json").read_text())
+    assert checker.check_workflow(wf, info, check_combos=set(nodes)) == []
+    by_id = {n["id"]: n for n in wf["nodes"]}
+    links = {ln[0]: ln for ln in wf["links"]}
+
+    def source(node, name):
+        inp = next(i for i in node["inputs"] if i["name"] == name)
+        if inp["link"] is None:
+            return None, None, None
+        ln = links[inp["link"]]
+        src = by_id[ln[1]]
+        # link by link: the link's type is the source output's type and the target input's type
+        assert ln[5] == src["outputs"][ln[2]]["type"] == node["inputs"][ln[4]]["type"], ln
+        assert node["inputs"][ln[4]]["name"] == name and inp["link"] in src["outputs"][ln[2]]["links"]
+        return src, ln[2], ln[5]
+
+    labels = training_mod().STAGE_LABELS
+    api = checker.ui_to_api(wf, info)
+    stages = [n for n in wf["nodes"] if n["type"] == "FineTuneStage"]
+    # walk the chain back from the model that renders the test image
+    gen = next(n for n in wf["nodes"] if n["type"] == "DualStyleGANGenerate")
+    chain, node = [], source(gen, "model")[0]
+    while node["type"] == "FineTuneStage":
+        chain.append(node)
+        node, slot, typ = source(node, "model")
+        assert slot == 0 and typ == "DUALSTYLEGAN_MODEL"
+    assert node["type"] == "LoadDualStyleGAN" and len(chain) == len(stages) == 6
+    chain.reverse()
+    assert [labels[api[str(n["id"])]["inputs"]["stage"]] for n in chain] == STAGE_IDS
+    assert {api[str(n["id"])]["inputs"]["save_name"] for n in chain} == {"my_style"}
+    for n in chain:
+        inputs = api[str(n["id"])]["inputs"]
+        stage = labels[inputs["stage"]]
+        assert 1 <= inputs["iterations"] <= 4 and 1 <= inputs["batch_size"] <= 2, stage
+        assert inputs["resume"] is False and inputs["data_folder"] == ""
+        src = source(n, "images")[0]
+        if stage == "sampler":
+            assert src is None
+            continue
+        files = [src] if src["type"] == "LoadImage" else [source(src, k)[0] for k in ("image1", "image2")]
+        names = [f["widgets_values"][0] for f in files]
+        assert all((INPUTS / f).is_file() for f in names)
+        if stage == "pretrain":
+            assert src["type"] == "ImageBatch" and "pastiche_exemplar_cartoon.jpg" not in names
+        else:
+            assert names == ["pastiche_exemplar_cartoon.jpg"]
+    assert any(n["type"] == "SaveImage" for n in wf["nodes"])
+    note = next(n for n in wf["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+    for official in ("600", "300", "3000", "1500", "100", "500000"):
+        assert official in note
+
+
+@pytest.fixture
+def bank_folder(host):
+    """models/dualstylegan/<name>/exstyle_code.npy with 4 random z+ codes (what the sampler learns)."""
+    import shutil
+
+    import folder_paths
+    from pastiche_core.styles import StyleBank
+
+    made = []
+
+    def make(name):
+        out = Path(folder_paths.get_folder_paths("dualstylegan")[0]) / name
+        out.mkdir(parents=True, exist_ok=True)
+        g = torch.Generator().manual_seed(1)
+        StyleBank([f"s{i}.png" for i in range(4)], torch.randn(4, 14, 512, generator=g), space="z+").save_npy(
+            out / "exstyle_code.npy")
+        made.append(out)
+        return out
+
+    yield make
+    for out in made:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def test_finetune_stage_trains_the_sampler(nodes, demo, bank_folder):
+    import comfy.utils
+
+    out = bank_folder("trained_sampler")
+    comfy.utils.events.clear()
+    with torch.inference_mode():  # as ComfyUI runs nodes
+        res = nodes["FineTuneStage"].execute(model=demo, stage=training_mod().STAGES[5], iterations=3, batch_size=2,
+                                             seed=0, save_name="trained_sampler", images=face_image())
+    model, preview, info = res[0], res[1], res[2]
+    assert model is demo  # no generator in the folder: the input model flows on
+    assert preview.shape == (1, 64, 64, 3) and float(preview.abs().max()) == 0.0
+    assert (out / "sampler.pt").is_file() and (out / "train_state" / "sampler.pt").is_file()
+    assert "stage: 6 sampler" in info and "steps: 6/6" in info and "sampler.pt" in info and "final loss:" in info
+    assert "images/data_folder are not used" in info
+    assert comfy.utils.events[-1][1:] == (6, 6)
+    from pastiche_core.models.sampler import StyleSampler
+
+    StyleSampler.from_checkpoint(out / "sampler.pt")  # the official format, loadable
+
+
+def test_finetune_stage_reloads_the_trained_style(nodes, demo, bank_folder, monkeypatch):
+    """A folder that has a generator after the stage: the output is that style, loaded afresh by
+    the loader's own code (load_bundle, mocked here: the demo folder holds no encoder.pt)."""
+    models_mod = sys.modules["pastiche_pack_under_test.nodes.models"]
+    out = bank_folder("trained_gen")
+    (out / "train_state").mkdir()
+    (out / "generator.pt").write_bytes(b"stand-in")
+    calls = []
+    monkeypatch.setattr(models_mod, "load_bundle", lambda *a, **k: calls.append((a, k)) or "fresh bundle")
+    res = nodes["FineTuneStage"].execute(model=demo, stage=training_mod().STAGES[5], iterations=1, batch_size=2,
+                                         save_name="trained_gen")
+    assert res[0] == "fresh bundle"
+    (args, kwargs), = calls
+    assert args[0] == "trained_gen" and kwargs["root"] == out.parent and kwargs["reload"] is True
+    assert "'trained_gen' loaded from" in res[2]
+
+
+def test_finetune_stage_writes_images_and_validates(nodes, demo, host, bank_folder):
+    import folder_paths
+    from PIL import Image
+
+    tm = training_mod()
+    root = Path(folder_paths.get_folder_paths("dualstylegan")[0])
+    ft = nodes["FineTuneStage"]
+    for bad in ("", "   ", "../escape", "a/b", "a\\b", "..", ".hidden", "c:style"):
+        with pytest.raises(err(host), match="save_name"):
+            ft.execute(model=demo, stage=tm.STAGES[1], images=face_image(), save_name=bad)
+    assert not (root.parent / "escape").exists()
+    # an existing style folder that training did not make is never written into
+    with pytest.raises(err(host), match="existing style folder"):
+        ft.execute(model=demo, stage=tm.STAGES[1], images=face_image(), save_name="cartoon")
+    with pytest.raises(err(host), match="needs training images"):
+        ft.execute(model=demo, stage=tm.STAGES[0], save_name="wi")
+    with pytest.raises(err(host), match="not both"):
+        ft.execute(model=demo, stage=tm.STAGES[0], images=face_image(), data_folder="x", save_name="wi")
+    with pytest.raises(err(host), match="data_folder 'no/such' is not a folder"):
+        ft.execute(model=demo, stage=tm.STAGES[0], data_folder="no/such", save_name="wi")
+    out = bank_folder("wi")
+    (out / "train_images").mkdir()
+    (out / "train_images" / "old.jpg").write_bytes(b"stale")
+    (out / "train_images" / "keep.txt").write_text("not an image")
+    batch = torch.cat([face_image(), face_image("pastiche_exemplar_cartoon.jpg")])
+    # destylize finds no fine-tuned StyleGAN2: one clear node error, after the images are written
+    with pytest.raises(err(host), match=r"^Fine-Tune Stage \(destylize\): missing finetune-000600\.pt"):
+        ft.execute(model=demo, stage=tm.STAGES[1], images=batch, save_name="wi")
+    files = sorted(p.name for p in (out / "train_images").iterdir())
+    assert files == ["image_000.png", "image_001.png", "keep.txt"]
+    for i, p in enumerate(["image_000.png", "image_001.png"]):
+        back = np.asarray(Image.open(out / "train_images" / p).convert("RGB"))
+        assert np.array_equal(back, (batch[i].numpy() * 255).round().astype(np.uint8))
+    # pretrain's photos go to face_images/; the same batch rewrites the same bytes
+    before = (out / "train_images" / "image_000.png").read_bytes()
+    tm.write_images(batch[:1], out / "train_images")
+    assert sorted(p.name for p in (out / "train_images").iterdir()) == ["image_000.png", "keep.txt"]
+    assert (out / "train_images" / "image_000.png").read_bytes() == before
+    with pytest.raises(err(host), match=r"^Fine-Tune Stage \(pretrain\): missing "):
+        ft.execute(model=demo, stage=tm.STAGES[2], images=batch, save_name="wi")
+    assert sorted(p.name for p in (out / "face_images").iterdir()) == ["image_000.png", "image_001.png"]
+
+
+def test_finetune_stage_interrupt_and_resume(nodes, demo, mm, bank_folder):
+    """Stop in the middle (ComfyUI's progress hook raises the interruption, as the real one
+    does): the stage saves its state, the node re-raises ComfyUI's interruption, and resume
+    continues from the saved step."""
+    import comfy.utils
+
+    tm = training_mod()
+    out = bank_folder("stopped")
+    ft = nodes["FineTuneStage"]
+    mm.interrupt_current_processing(True)  # Stop pressed before the node started: nothing runs
+    with pytest.raises(mm.InterruptProcessingException):
+        ft.execute(model=demo, stage=tm.STAGES[5], iterations=5, batch_size=2, save_name="stopped")
+    assert not (out / "train_state").exists() and not mm.processing_interrupted()
+
+    seen = []
+
+    def hook(value, total, preview, node_id=None):
+        seen.append(value)
+        if value == 3 and len(seen) == 3:
+            mm.interrupt_current_processing(True)
+        mm.throw_exception_if_processing_interrupted()  # what ComfyUI's hook does
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            ft.execute(model=demo, stage=tm.STAGES[5], iterations=5, batch_size=2, save_name="stopped")
+        assert seen == [1, 2, 3] and not mm.processing_interrupted()
+        assert (out / "train_state" / "sampler.pt").is_file() and not (out / "sampler.pt").exists()
+        seen.clear()
+        info = ft.execute(model=demo, stage=tm.STAGES[5], iterations=5, batch_size=2, save_name="stopped",
+                          resume=True)[2]
+        assert seen == list(range(4, 11)) and "steps: 10/10" in info and "resumed after step 3" in info
+        assert (out / "sampler.pt").is_file()
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        mm.interrupt_current_processing(False)
+
+
+def test_progress_previews_and_preview_output(host, mm):
+    """g_ema samples in the progress info go to ComfyUI's bar as ("PNG", PIL image, 512) and
+    become the preview output; no bar update is sent once a Stop is pending."""
+    import comfy.utils
+    from PIL import Image
+
+    tm = training_mod()
+    frames = []
+    comfy.utils.set_progress_bar_global_hook(lambda v, t, p, node_id=None: frames.append((v, t, p)))
+    try:
+        rep = tm._Reporter()
+        rep.progress(1, 4, {"loss": 1.0, "preview": torch.zeros(2, 3, 16, 16)})
+        rep.progress(2, 4, {"loss": 0.5, "preview": None})
+        assert not rep.should_stop()
+        mm.interrupt_current_processing(True)
+        rep.progress(3, 4, {"loss": 0.4, "preview": torch.ones(3, 3, 16, 16)})
+        assert rep.should_stop()
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        mm.interrupt_current_processing(False)
+    assert [(v, t) for v, t, _ in frames] == [(1, 4), (2, 4)] and frames[1][2] is None
+    kind, image, size = frames[0][2]
+    assert kind == "PNG" and isinstance(image, Image.Image) and image.size == (32, 16) and size == 512
+    out = tm._preview_image(rep, Path("/nonexistent"), "finetune")
+    assert out.shape == (3, 16, 16, 3) and float(out.min()) == 1.0  # the last samples, [-1, 1] -> [0, 1]
 
 
 def test_image_grid(nodes):
