@@ -1,7 +1,7 @@
-"""Training speed on CPU: iterations per second and peak memory of each implemented stage.
+"""Training speed: iterations per second and peak memory of every stage.
 
-    python benchmarks/bench_training.py [--stage sampler|refine-exstyle|all] [--size 256] [--steps N]
-        [--threads T] [--json]
+    python benchmarks/bench_training.py [--stage STAGE|all] [--size 256] [--steps N] [--batch B]
+        [--device cpu|cuda] [--threads T] [--json]
 
 Each stage runs in its own process (so the peak resident memory is that stage's), with the
 deterministic fixture weights at ``--size`` (default 256: a 14-row DualStyleGAN bank / generator):
@@ -15,7 +15,17 @@ deterministic fixture weights at ``--size`` (default 256: a 14-row DualStyleGAN 
   generator and VGG19, backward, Adam). ``--loss pixel`` variant too. Projected time for the
   official 100 steps per image.
 
-Timings exclude building the fixture weights and the first (warm-up) iteration.
+* ``finetune-stylegan``, ``pretrain``, ``finetune`` (the GAN stages, full-width official
+  models at ``--size``, fixture weights, ``--batch`` 2 by default): step 0 (warm-up, with both
+  regularisers) is not timed; steps 1..N (no R1 / path-length pass: those run every 16 / 4
+  steps) give ``s_per_it``; the projected official run is ``iters * s_per_it`` and leaves out
+  the regularisation passes.
+* ``destylize``: g' and g at ``--size``, the z+ encoder, VGG19 and IR-SE50; one image
+  (official batch 1); an iteration is one optimisation step.
+
+Timings exclude building the fixture weights and the first (warm-up) iteration (GAN stages:
+reported separately, see above). Peak memory: the process's peak RSS on CPU, the CUDA
+allocator's peak on GPU.
 """
 from __future__ import annotations
 
@@ -112,9 +122,145 @@ def bench_refine(size: int, steps: int, loss: str) -> dict:
             "wall_s": wall, "peak_rss_mib": peak_rss_mib()}
 
 
+def _fixture(model):
+    import torch
+
+    from pastiche_core.reference.fixture_weights import fixture_state_dict
+
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in fixture_state_dict(shapes).items()})
+    return model
+
+
+def _vgg(n_slices: int):
+    import torch
+
+    from pastiche_core.reference.fixture_weights import fixture_state_dict
+    from pastiche_core.training.losses import VGG19Features, vgg19_feature_shapes
+
+    state = {k: torch.from_numpy(v) for k, v in fixture_state_dict(vgg19_feature_shapes(n_slices)).items()}
+    state = {k: (v * math.sqrt(2.0 / (v.shape[1] * 9)) if k.endswith(".weight") else v) for k, v in state.items()}
+    return VGG19Features(n_slices).load_features(state)
+
+
+def _id_loss():
+    import torch
+
+    from pastiche_core.models import Backbone
+    from pastiche_core.training.losses import IDLoss
+
+    with torch.device("meta"):
+        net = Backbone(input_size=112, num_layers=50, mode="ir_se")
+    from pastiche_core.reference.fixture_weights import fixture_state_dict
+
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in fixture_state_dict(shapes).items()}, assign=True)
+    return IDLoss(net)
+
+
+def _peak(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return peak_rss_mib()
+
+
+def bench_gan(stage: str, size: int, steps: int, batch: int, device: str) -> dict:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from pastiche_core.models import DualStyleGAN, Generator
+    from pastiche_core.models.discriminator import Discriminator
+    from pastiche_core.reference import fixture_encoder
+    from pastiche_core.styles import StyleBank
+    from pastiche_core.training.gan import GANConfig
+
+    official = {"finetune-stylegan": 600, "pretrain": 3000 // 10 * 2 + 3000, "finetune": 1500}[stage]
+    times = []
+
+    def progress(done, total, info):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter())
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        g = _fixture(Generator(size))
+        torch.save({"g": g.state_dict(), "g_ema": g.state_dict(), "d": _fixture(Discriminator(size)).state_dict()},
+                   d / "stylegan2-ffhq-config-f.pt")
+        (d / "images").mkdir()
+        rng = np.random.default_rng(0)
+        names = [f"im_{i}.png" for i in range(max(4, batch))]
+        for name in names:
+            Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(d / "images" / name)
+        cfg = GANConfig(iters=min(steps, 3) + 1, batch=batch, save_every=10 ** 9, device=device)
+        t0 = time.perf_counter()
+        if stage == "finetune-stylegan":
+            from pastiche_core.training.stylegan_stage import finetune_stylegan
+
+            finetune_stylegan(d, d / "images", d / "out", cfg, progress=progress)
+        elif stage == "pretrain":
+            from pastiche_core.training.dualstylegan_stage import pretrain_dualstylegan
+
+            pretrain_dualstylegan(d, d / "images", d / "out", fixture_encoder(size, "z+"), _vgg(3), cfg,
+                                  progress=progress)
+        else:
+            from pastiche_core.training.dualstylegan_stage import finetune_dualstylegan
+
+            gen = _fixture(DualStyleGAN(size))
+            torch.save({"g": gen.state_dict(), "g_ema": gen.state_dict(), "d": _fixture(Discriminator(size)).state_dict()},
+                       d / "generator-pretrain.pt")
+            codes = torch.randn(len(names), gen.n_latent, 512, generator=torch.Generator().manual_seed(0))
+            bank = StyleBank(names, codes, space="z+")
+            finetune_dualstylegan(d, d / "images", d / "out", _vgg(3), _id_loss(), bank, bank, cfg, progress=progress)
+        wall = time.perf_counter() - t0
+    plain = (times[-1] - times[0]) / (len(times) - 1)
+    return {"stage": stage, "size": size, "batch": batch, "device": device, "iterations": len(times) - 1,
+            "it_per_s": 1 / plain, "s_per_it": plain, "s_first": times[0] - t0,
+            "official_iters": official, "official_hours": official * plain / 3600,
+            "wall_s": wall, "peak_mib": _peak(device)}
+
+
+def bench_destylize(size: int, steps: int, device: str) -> dict:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from pastiche_core.models import Generator
+    from pastiche_core.reference import fixture_encoder
+    from pastiche_core.training.destylize_stage import DestylizeConfig, destylize
+
+    times = []
+
+    def progress(done, total, info):
+        times.append(time.perf_counter())
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        (d / "images").mkdir()
+        Image.fromarray((np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)).save(
+            d / "images" / "style.png")
+        g = _fixture(Generator(size)).eval().requires_grad_(False)
+        cfg = DestylizeConfig(iters=steps + 1, batch=1, save_every=10 ** 9, device=device)
+        t0 = time.perf_counter()
+        destylize(g, g, fixture_encoder(size, "z+"), d / "images", d / "out", cfg, vgg=_vgg(5), id_loss=_id_loss(),
+                  progress=progress)
+        wall = time.perf_counter() - t0
+    secs = (times[-1] - times[0]) / (len(times) - 1)
+    return {"stage": "destylize", "size": size, "batch": 1, "device": device, "iterations": steps,
+            "it_per_s": 1 / secs, "s_per_it": secs, "official_minutes_per_image": 300 * secs / 60, "wall_s": wall,
+            "peak_mib": _peak(device)}
+
+
+GAN_STAGES = ("finetune-stylegan", "pretrain", "finetune")
+ALL_STAGES = ("sampler", "refine-exstyle", "destylize", *GAN_STAGES)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", default="all", choices=["all", "sampler", "refine-exstyle"])
+    parser.add_argument("--stage", default="all", choices=["all", *ALL_STAGES])
+    parser.add_argument("--batch", type=int, default=2, help="GAN stages: global batch (default 2)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda (sampler/refine: CPU only here)")
     parser.add_argument("--loss", default=None, choices=["vgg", "pixel"], help="refine-exstyle only (default: both)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=None, help="timed iterations (sampler: rounded to epochs)")
@@ -125,6 +271,9 @@ def main() -> int:
     if args.stage == "all" or (args.stage == "refine-exstyle" and args.loss is None):
         jobs = ([["--stage", "sampler"]] if args.stage == "all" else []) + \
             [["--stage", "refine-exstyle", "--loss", loss] for loss in ("vgg", "pixel")]
+        if args.stage == "all":
+            jobs += [["--stage", st, "--device", args.device, "--batch", str(args.batch)]
+                     for st in ("destylize", *GAN_STAGES)]
         rows = []
         for job in jobs:
             cmd = [sys.executable, __file__, *job, "--size", str(args.size), "--json"]
@@ -144,6 +293,10 @@ def main() -> int:
             torch.set_num_threads(args.threads)
         if args.stage == "sampler":
             rows = [bench_sampler(args.size, args.steps or 14)]
+        elif args.stage in GAN_STAGES:
+            rows = [bench_gan(args.stage, args.size, args.steps or 2, args.batch, args.device)]
+        elif args.stage == "destylize":
+            rows = [bench_destylize(args.size, args.steps or 2, args.device)]
         else:
             rows = [bench_refine(args.size, args.steps or 3, args.loss)]
         if args.json:
@@ -159,10 +312,20 @@ def main() -> int:
           f"{args.threads or torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     for r in rows:
         label = r["stage"] + (f" ({r['loss']} loss)" if "loss" in r else "")
-        extra = (f"official run ({r['official_run_steps']} steps) ~{r['official_run_minutes']:.0f} min"
-                 if r["stage"] == "sampler" else f"official 100 steps/image ~{r['official_minutes_per_image']:.1f} min")
-        print(f"  {label:32s} {r['it_per_s']:8.3f} it/s  ({r['s_per_it']:.3f} s/it)  peak RSS "
-              f"{r['peak_rss_mib']:7.0f} MiB  {extra}")
+        if "batch" in r and r["stage"] in GAN_STAGES:
+            label += f" (batch {r['batch']}, {r['device']})"
+        if r["stage"] == "sampler":
+            extra = f"official run ({r['official_run_steps']} steps) ~{r['official_run_minutes']:.0f} min"
+        elif r["stage"] in GAN_STAGES:
+            extra = (f"set-up + step 0 {r['s_first']:.0f} s; official {r['official_iters']} iterations "
+                     f"~{r['official_hours']:.1f} h + regularisers")
+        elif r["stage"] == "destylize":
+            extra = f"official 300 steps/image ~{r['official_minutes_per_image']:.1f} min"
+        else:
+            extra = f"official 100 steps/image ~{r['official_minutes_per_image']:.1f} min"
+        peak = r.get("peak_rss_mib", r.get("peak_mib"))
+        print(f"  {label:40s} {r['it_per_s']:8.4f} it/s  ({r['s_per_it']:.2f} s/it)  peak "
+              f"{peak:7.0f} MiB  {extra}")
     return 0
 
 
