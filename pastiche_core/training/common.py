@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..checkpoints import first_existing  # noqa: F401 (re-exported)
 from ..errors import CheckpointError, InputError, PasticheError
@@ -95,6 +96,26 @@ def find_style_images(data: str | os.PathLike, names: Sequence[str]) -> list[Pat
     return paths
 
 
-__all__ = ["IMAGE_SUFFIXES", "Progress", "ShouldStop", "StageNotImplemented", "StageResult", "check_compatible",
+def pixel_loss(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image L1 at full size and at 1/4 size -> ``[B]`` (the ``loss="pixel"`` fallback of the
+    code-optimising stages, when no VGG19 file is at hand)."""
+    full = (image - target).abs().mean(dim=(1, 2, 3))
+    small = (F.avg_pool2d(image, 4) - F.avg_pool2d(target, 4)).abs().mean(dim=(1, 2, 3))
+    return full + small
+
+
+def to_size(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Box-downsample ``[B, 3, H, H]`` to ``size`` (the official reshape-mean for integer factors)."""
+    h = image.shape[-1]
+    if h == size:
+        return image
+    if h % size:
+        return F.adaptive_avg_pool2d(image, size)
+    f = h // size
+    b, c = image.shape[:2]
+    return image.reshape(b, c, size, f, size, f).mean(dim=(3, 5))
+
+
+__all__ = ["IMAGE_SUFFIXES", "pixel_loss", "to_size", "Progress", "ShouldStop", "StageNotImplemented", "StageResult", "check_compatible",
            "derived_seed", "find_style_images", "first_existing", "load_style_image", "style_dir",
            "tensor_fingerprint"]

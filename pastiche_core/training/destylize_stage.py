@@ -66,8 +66,8 @@ from ..errors import InputError, PasticheError
 from ..styles import StyleBank
 from . import distributed as D
 from .checkpointing import load_state, make_state, restore_rng, save_state, state_path
-from .common import (IMAGE_SUFFIXES, Progress, ShouldStop, StageResult, check_compatible, derived_seed,
-                     load_style_image, tensor_fingerprint)
+from .common import (IMAGE_SUFFIXES, check_compatible, derived_seed, load_style_image, pixel_loss, Progress,
+                     ShouldStop, StageResult, tensor_fingerprint, to_size)
 from .losses import IRSE50_FILE, VGG19_FILE, IDLoss, VGG19Features, noise_normalize_, noise_regularize, \
     perceptual_distance
 
@@ -107,29 +107,12 @@ def get_lr(t: float, initial_lr: float, rampdown: float = 0.25, rampup: float = 
     return initial_lr * ramp
 
 
-def pixel_loss(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image L1 at full size and at 1/4 size -> ``[B]`` (the ``loss="pixel"`` fallback)."""
-    full = (image - target).abs().mean(dim=(1, 2, 3))
-    small = (F.avg_pool2d(image, 4) - F.avg_pool2d(target, 4)).abs().mean(dim=(1, 2, 3))
-    return full + small
-
 
 def code_regularizer(z: torch.Tensor) -> torch.Tensor:
     """Per image ``[B]``: mean over channels of the (unbiased) std over the layers of a z+ code
     (the official ``latent.std(dim=1).mean()`` for a batch of one)."""
     return z.std(dim=1).mean(dim=1)
 
-
-def to_size(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Box-downsample ``[B, 3, H, H]`` to ``size`` (the official reshape-mean for integer factors)."""
-    h = image.shape[-1]
-    if h == size:
-        return image
-    if h % size:
-        return F.adaptive_avg_pool2d(image, size)
-    f = h // size
-    b, c = image.shape[:2]
-    return image.reshape(b, c, size, f, size, f).mean(dim=(3, 5))
 
 
 def list_style_images(data: str | os.PathLike) -> list[Path]:

@@ -81,6 +81,25 @@ class _DualStage(GANStage):
                           inject_index=inject, use_res=use_res, noise=noise)
 
 
+    def path_exstyle(self, batch: int) -> torch.Tensor:
+        """The extrinsic codes of the path-length step (global batch ``batch``, local share)."""
+        raise NotImplementedError
+
+    def path_images(self, i: int):
+        """Official: mixing z intrinsic codes, the latents are the intrinsic w+ (a leaf here)."""
+        pb = max(1, self.cfg.batch // self.cfg.path_batch_shrink)
+        codes = self.mixing_codes(pb, self.cfg.mixing)
+        inject = self.inject_index(self.n) if len(codes) == 2 else None
+        exstyle = self.path_exstyle(pb)
+        codes = [self.shard(c).to(self.device) for c in codes]
+        with torch.no_grad():
+            latent = self.g.generator.make_latent(codes, "z", inject_index=inject)
+        latent.requires_grad_(True)
+        noise = self.noise_maps(self.g.generator, pb)
+        image = self.g(latent, exstyle, input_space="w", exstyle_space="w", interp_weights=self.ones, noise=noise)
+        return image, latent
+
+
 class Pretrain(_DualStage):
     name = PRETRAIN_STAGE
     monitor = "perc"
@@ -160,26 +179,9 @@ class Pretrain(_DualStage):
         adv = g_nonsaturating_loss(self.d(self.augmented(fake))) * 0.1
         return adv + perc, {"adv": float(adv.detach()), "perc": float(perc.detach())}
 
-    def path_images(self, i: int):
-        pb = max(1, self.cfg.batch // self.cfg.path_batch_shrink)
-        codes = self.mixing_codes(pb, self.cfg.mixing)
-        inject = self.inject_index(self.n) if len(codes) == 2 else None
-        ex = self.shard(self.randn(pb, 512)).to(self.device)
-        codes = [self.shard(c).to(self.device) for c in codes]
+    def path_exstyle(self, batch: int) -> torch.Tensor:
         with torch.no_grad():
-            latent = self.g.generator.make_latent(codes, "z", inject_index=inject)
-            exstyle = self.g.generator.mapping(ex)
-        latent.requires_grad_(True)
-        noise = self.noise_maps(self.g.generator, pb)
-        image = self.g(latent, exstyle, input_space="w", exstyle_space="w", interp_weights=self.ones, noise=noise)
-        return image, latent
-
-    def extra_state(self) -> dict:
-        return {"epochs": self.epochs.state()}
-
-    def load_extra_state(self, extra: dict) -> None:
-        if extra:
-            self.epochs.load(extra["epochs"])
+            return self.g.generator.mapping(self.shard(self.randn(batch, 512)).to(self.device))
 
     def finish(self) -> list[Path]:
         cfg = self.cfg
@@ -279,25 +281,8 @@ class Finetune(_DualStage):
         terms["perc"] = float(perc.detach()) if paired else float("nan")
         return adv + sty + ident + perc + l2, terms
 
-    def path_images(self, i: int):
-        pb = max(1, self.cfg.batch // self.cfg.path_batch_shrink)
-        codes = self.mixing_codes(pb, self.cfg.mixing)
-        inject = self.inject_index(self.n) if len(codes) == 2 else None
-        exstyle, _, _ = self.paired(pb)
-        codes = [self.shard(c).to(self.device) for c in codes]
-        with torch.no_grad():
-            latent = self.g.generator.make_latent(codes, "z", inject_index=inject)
-        latent.requires_grad_(True)
-        noise = self.noise_maps(self.g.generator, pb)
-        image = self.g(latent, exstyle, input_space="w", exstyle_space="w", interp_weights=self.ones, noise=noise)
-        return image, latent
-
-    def extra_state(self) -> dict:
-        return {"epochs": self.epochs.state()}
-
-    def load_extra_state(self, extra: dict) -> None:
-        if extra:
-            self.epochs.load(extra["epochs"])
+    def path_exstyle(self, batch: int) -> torch.Tensor:
+        return self.paired(batch)[0]
 
     def finish(self) -> list[Path]:
         stem = self.out / f"generator-{self.cfg.iters:06d}"

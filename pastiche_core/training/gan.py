@@ -272,11 +272,14 @@ class GANStage:
         """The official loop index ``i`` (restarts per phase in pretrain)."""
         return step
 
+    epochs: "Epochs | None" = None  # the data order, when the stage reads an image folder
+
     def extra_state(self) -> dict:
-        return {}
+        return {"epochs": self.epochs.state()} if self.epochs is not None else {}
 
     def load_extra_state(self, extra: dict) -> None:
-        pass
+        if extra and self.epochs is not None:
+            self.epochs.load(extra["epochs"])
 
     def finish(self) -> list[Path]:
         """Write the stage's outputs (rank 0 only is called); return their paths."""

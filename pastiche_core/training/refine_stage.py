@@ -42,8 +42,8 @@ from ..errors import InputError
 from ..styles import StyleBank
 from . import distributed as D
 from .checkpointing import load_state, make_state, restore_rng, save_state, state_path
-from .common import (Progress, ShouldStop, StageResult, check_compatible, derived_seed, find_style_images,
-                     load_style_image, tensor_fingerprint)
+from .common import (check_compatible, derived_seed, find_style_images, load_style_image, pixel_loss, Progress,
+                     ShouldStop, StageResult, tensor_fingerprint, to_size)
 from .losses import VGG19Features, contextual_loss, noise_normalize_, noise_regularize, perceptual_distance
 
 STAGE = "refine-exstyle"
@@ -74,12 +74,6 @@ class RefineConfig:
     device: str = "cpu"
 
 
-def pixel_loss(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image L1 at full size and at 1/4 size -> ``[B]`` (the ``loss="pixel"`` fallback)."""
-    full = (image - target).abs().mean(dim=(1, 2, 3))
-    small = (F.avg_pool2d(image, 4) - F.avg_pool2d(target, 4)).abs().mean(dim=(1, 2, 3))
-    return full + small
-
 
 def refine_loss_terms(image: torch.Tensor, target_feats, target: torch.Tensor, vgg: VGG19Features | None,
                       cfg: RefineConfig) -> torch.Tensor:
@@ -90,17 +84,6 @@ def refine_loss_terms(image: torch.Tensor, target_feats, target: torch.Tensor, v
     return (cfg.perc_weight * perceptual_distance(feats, target_feats)
             + cfg.cx_weight * contextual_loss(feats[2], target_feats[2].detach(), cfg.cx_band_width, per_sample=True))
 
-
-def _to_size(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Box-downsample ``[B, 3, H, H]`` to ``size`` (the official reshape-mean for integer factors)."""
-    h = image.shape[-1]
-    if h == size:
-        return image
-    if h % size:
-        return F.adaptive_avg_pool2d(image, size)
-    f = h // size
-    b, c = image.shape[:2]
-    return image.reshape(b, c, size, f, size, f).mean(dim=(3, 5))
 
 
 def refine_exstyle_codes(generator, exstyle: StyleBank, instyle: StyleBank | None, data: str | os.PathLike,
@@ -281,7 +264,7 @@ def _refine(generator, exstyle: StyleBank, instyle: StyleBank | None, data: Path
                 code = torch.cat([structure, color], dim=1)
                 image = generator(in_codes, generator.map_exstyle(code), input_space="z", exstyle_space="w",
                                   interp_weights=weights, noise=noises, use_res=True)
-                image = _to_size(image, cfg.size)
+                image = to_size(image, cfg.size)
                 image_terms = refine_loss_terms(image, target_feats, images, vgg, cfg)
                 noise_terms = cfg.noise_weight * noise_regularize(noises, per_sample=True)
                 loss = (image_terms + noise_terms).sum()

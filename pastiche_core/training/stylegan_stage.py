@@ -67,13 +67,6 @@ class FinetuneStyleGAN(GANStage):
     def path_images(self, step: int):
         return self._fake(max(1, self.cfg.batch // self.cfg.path_batch_shrink), self.cfg.mixing, need_latents=True)
 
-    def extra_state(self) -> dict:
-        return {"epochs": self.epochs.state()}
-
-    def load_extra_state(self, extra: dict) -> None:
-        if extra:
-            self.epochs.load(extra["epochs"])
-
     def finish(self) -> list[Path]:
         stem = self.out / f"finetune-{self.total_steps():06d}"
         return save_generator_files(stem, "stylegan2", self.g_ema.state_dict(), self.g_ema.config)
