@@ -100,6 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--perc-loss", type=float, metavar="W", help="finetune: perceptual loss (1)")
     parser.add_argument("--id-loss", type=float, metavar="W", help="finetune: identity loss (1)")
     parser.add_argument("--l2-reg-loss", type=float, metavar="W", help="finetune: L2 of the extrinsic path (0.015)")
+    parser.add_argument("--no-face-check", action="store_true",
+                        help="do not look for a face in every training image before training (the check only warns)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -189,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
                "model_name": args.model_name, "truncation": args.truncation, "augment": args.augment or None,
                "augment_p": args.augment_p, "r1": args.r1, "mixing": args.mixing, "subspace_freq": args.subspace_freq,
                "style_loss": args.style_loss, "CX_loss": args.cx_loss, "perc_loss": args.perc_loss,
-               "id_loss": args.id_loss, "L2_reg_loss": args.l2_reg_loss}
+               "id_loss": args.id_loss, "L2_reg_loss": args.l2_reg_loss, "face_check": not args.no_face_check}
     with _StopOnSigint() as stop:
         bar = _Bar(args.quiet, args.stage)
         try:

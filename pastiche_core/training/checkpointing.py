@@ -22,6 +22,7 @@ temporary file is removed by the next save or load.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 from collections.abc import Mapping
@@ -200,6 +201,18 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = "the previous one is intact" if path.exists() else "nothing was written"
+            raise CheckpointError(f"the disk is full: could not write '{path}' ({kept}); free some space and run "
+                                  f"the same command with --resume") from None
+        raise
+    except RuntimeError as exc:  # torch.save reports a failed write as RuntimeError
+        if "No space left" in str(exc) or "file write failed" in str(exc):
+            kept = "the previous one is intact" if path.exists() else "nothing was written"
+            raise CheckpointError(f"could not write '{path}' (disk full?): {str(exc).splitlines()[0]}; {kept}. "
+                                  f"Free some space and run the same command with --resume") from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

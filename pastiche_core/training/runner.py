@@ -11,6 +11,7 @@ Defaults (``None`` options) are the official ones, see :data:`DEFAULTS`.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -76,13 +77,47 @@ def _bank(folders: Sequence[Path], stem: str, purpose: str, given: str | None = 
                           + ", ".join(f"'{f}'" for f in folders))
 
 
+def check_faces(folder: str | os.PathLike, what: str) -> list[str]:
+    """Warn (before training) about images in which the dlib detector finds no face; return their
+    names. Artistic faces the detector misses are fine; other pictures are not what DualStyleGAN
+    trains on. Skipped with a warning when no detector is installed."""
+    from ..errors import PasticheError
+    from ..faces.detect import get_detector
+    from ..faces.io import load_image
+    from .gan import list_images
+
+    try:
+        paths = list_images(folder)
+    except PasticheError:
+        return []  # the stage itself reports an empty or missing folder
+    try:
+        detector = get_detector("dlib")
+        missing = []
+        for p in paths:
+            rgb, _, _ = load_image(p)
+            step = max(1, max(rgb.shape[:2]) // 512)  # a face fills an aligned crop: 512 px is plenty
+            if not detector.detect(rgb[::step, ::step].copy()):
+                missing.append(p.name)
+    except PasticheError as exc:
+        warnings.warn(f"face check of the {what} skipped: {exc}", stacklevel=2)
+        return []
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        warnings.warn(f"no face found in {len(missing)} of the {len(paths)} {what} in '{folder}' ({shown}). "
+                      f"DualStyleGAN trains on aligned portraits (align photos with `python -m pastiche_core "
+                      f"align`); stylised faces the detector misses are fine, other pictures are not. "
+                      f"--no-face-check skips this check", stacklevel=2)
+    return missing
+
+
 def run_stage(stage: str, *, checkpoints: str | os.PathLike, out: str | os.PathLike, data: str | os.PathLike | None = None,
               style: str | None = None, options: Mapping | None = None, seed: int = 0, resume: bool = False,
               device: str = "cpu", loss_models: Sequence[str | os.PathLike] = (), save_every: int | None = None,
               progress: Progress | None = None, should_stop: ShouldStop | None = None) -> StageResult:
     """Run one training stage (see the module doc). ``options``: ``iters``, ``batch``, ``lr``,
     ``size`` and stage settings (:data:`DEFAULTS`; ``augment``, ``r1``, ``mixing``,
-    ``sample_every``, ``start`` (the starting checkpoint), ``bank``, ``instyle``, ``loss``...)."""
+    ``sample_every``, ``start`` (the starting checkpoint), ``bank``, ``instyle``, ``loss``,
+    ``face_check`` (default True: warn about training images without a detectable face)...)."""
     if stage not in STAGES:
         raise InputError(f"unknown training stage {stage!r}; stages: {', '.join(STAGES)}")
     options = dict(options or {})
@@ -99,6 +134,8 @@ def run_stage(stage: str, *, checkpoints: str | os.PathLike, out: str | os.PathL
             stage, "the style images (official data/<style>/images/train)")
         raise InputError(f"{stage} needs --data FOLDER: {what}")
     kwargs = dict(resume=resume, progress=progress, should_stop=should_stop)
+    if data and options.get("face_check", True) and stage != "sampler" and Path(data).is_dir():
+        check_faces(data, "face photos" if stage == "pretrain" else "style images")
 
     if stage == "finetune-stylegan":
         from .stylegan_stage import finetune_stylegan
