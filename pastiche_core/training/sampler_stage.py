@@ -18,7 +18,8 @@ What the official script does, and what this does by default:
 One *iteration* here is one Adam step; ``iters`` (steps per net) defaults to the official
 ``epochs * (n // 128)``. Outputs: ``sampler.pt`` (official layout ``{"color", "structure"}``,
 read by the official ``generate.py`` and by :meth:`StyleSampler.from_checkpoint`) and
-``sampler.pastiche.safetensors`` (our format, :func:`load_sampler_safetensors`).
+``sampler.safetensors`` (our format, :func:`load_sampler_safetensors`; the inference pipeline
+and :meth:`StyleSampler.from_checkpoint` read either).
 
 Multi-process (torchrun): every rank maps the same noise (same seed) and finds the same
 neighbours; each Adam step's global batch is split over the ranks by a ``DistributedSampler``
@@ -43,8 +44,8 @@ from .common import Progress, ShouldStop, StageResult, check_compatible, derived
 
 STAGE = "sampler"
 SAMPLER_PT = "sampler.pt"
-# Not "sampler.safetensors": the inference pipeline picks <stem>.safetensors before <stem>.pt and
-# StyleSampler.from_checkpoint reads only the official .pt, so that name would shadow sampler.pt.
+# The inference pipeline picks <stem>.safetensors before <stem>.pt; StyleSampler.from_checkpoint
+# reads both formats, so the two files are interchangeable.
 SAMPLER_SAFETENSORS = "sampler.safetensors"
 N_STRUCTURE = 7
 PARTS = ("color", "structure")  # training order of the official script
