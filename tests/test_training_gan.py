@@ -365,7 +365,9 @@ def dual_runs(ckpts, tmp_path_factory):
         rng = torch.Generator().manual_seed(3)
         instyle = StyleBank(names, torch.randn(len(names), 10, 512, generator=rng), space="z+")
         exstyle = StyleBank(names, torch.randn(len(names), 10, 512, generator=rng), space="z+")
-        start = torch.load(out / "generator-pretrain.pt", weights_only=False)["g"]
+        from pastiche_core.checkpoints import safe_torch_load
+
+        start = safe_torch_load(out / "generator-pretrain.pt", "generator-pretrain.pt")["g"]
         fin = finetune_dualstylegan(ckpts, ckpts / "style", out, vgg, make_id_loss(), instyle, exstyle,
                                     gan_config(8))
         return {"pretrain": pre, "finetune": fin, "out": out, "vgg": vgg, "instyle": instyle,

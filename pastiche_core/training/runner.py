@@ -134,13 +134,17 @@ def run_stage(stage: str, *, checkpoints: str | os.PathLike, out: str | os.PathL
             stage, "the style images (official data/<style>/images/train)")
         raise InputError(f"{stage} needs --data FOLDER: {what}")
     kwargs = dict(resume=resume, progress=progress, should_stop=should_stop)
-    if data and options.get("face_check", True) and stage != "sampler" and Path(data).is_dir():
-        check_faces(data, "face photos" if stage == "pretrain" else "style images")
+
+    def faces() -> None:
+        """After every file is found (a missing one is the first thing to fix), before training."""
+        if data and options.get("face_check", True) and Path(data).is_dir():
+            check_faces(data, "face photos" if stage == "pretrain" else "style images")
 
     if stage == "finetune-stylegan":
         from .stylegan_stage import finetune_stylegan
 
         cfg = _gan_config(stage, options, seed, device, save_every)
+        faces()
         return finetune_stylegan(checkpoints, data, out, cfg, style=style, start=options.get("start"), **kwargs)
 
     if stage == "destylize":
@@ -178,6 +182,7 @@ def run_stage(stage: str, *, checkpoints: str | os.PathLike, out: str | os.PathL
         encoder = _encoder(folders, device, "destylize")
         g_prime, _ = load_stylegan2(gprime)
         g_orig, _ = load_stylegan2(original)
+        faces()
         result = destylize(g_prime, g_orig, encoder, data, out, cfg, vgg=vgg, id_loss=id_loss, **kwargs)
         result.notes.append(f"g' = {gprime}; g = {original}")
         return result
@@ -189,6 +194,7 @@ def run_stage(stage: str, *, checkpoints: str | os.PathLike, out: str | os.PathL
         cfg = _gan_config(stage, options, seed, device, save_every)
         vgg = load_vgg19(net_folders, n_slices=3, purpose="pretrain's perceptual loss")
         encoder = _encoder(folders, device, "pretrain (the extrinsic codes of sampled faces)")
+        faces()
         return pretrain_dualstylegan(checkpoints, data, out, encoder, vgg, cfg, style=style,
                                      start=options.get("start"), **kwargs)
 
@@ -203,6 +209,7 @@ def run_stage(stage: str, *, checkpoints: str | os.PathLike, out: str | os.PathL
                                                     "writes them)", options.get("instyle"))
         exstyle, _ = _bank(folders, "exstyle_code", "finetune needs the exemplars' extrinsic codes (destylize "
                                                     "writes them)", options.get("bank"))
+        faces()
         return finetune_dualstylegan(checkpoints, data, out, vgg, id_loss, instyle, exstyle, cfg, style=style,
                                      start=options.get("start"), **kwargs)
 
@@ -243,6 +250,7 @@ def run_stage(stage: str, *, checkpoints: str | os.PathLike, out: str | os.PathL
             vgg = load_vgg19(net_folders, n_slices=5,
                              purpose="the perceptual and contextual losses of refine-exstyle (or use --loss pixel)")
         generator = load_dualstylegan(gen_path)
+        faces()
         result = refine_exstyle_codes(generator, exstyle, instyle, data, out, cfg, vgg=vgg, **kwargs)
         result.notes.append(f"{len(exstyle)} codes from {ex_path}; generator {gen_path}; "
                             f"lr colour {cfg.lr_color}, structure {cfg.lr_structure}")
