@@ -252,7 +252,8 @@ def bench_destylize(size: int, steps: int, device: str) -> dict:
             "peak_mib": _peak(device)}
 
 
-GAN_STAGES = ("finetune-stylegan", "pretrain", "finetune")
+from pastiche_core.training import GAN_STAGES  # noqa: E402 (after the sys.path set-up above)
+
 ALL_STAGES = ("sampler", "refine-exstyle", "destylize", *GAN_STAGES)
 
 

@@ -122,14 +122,7 @@ def _run(server, path, timeout=1800):
     assert check.check_workflow(wf, server["object_info"]) == []
     prompt = check.ui_to_api(wf, server["object_info"])
     pid = _http(server["url"] + "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})["prompt_id"]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        hist = _http(f"{server['url']}/history/{pid}")
-        if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
-            if hist[pid]["status"].get("status_str") in ("success", "error"):
-                return hist[pid]
-        time.sleep(1)
-    pytest.fail(f"{path} did not finish in {timeout} s")
+    return _wait(server, pid, timeout)
 
 
 def _images(server, entry):

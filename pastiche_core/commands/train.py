@@ -40,7 +40,7 @@ import signal
 import sys
 from pathlib import Path
 
-STAGES = ("finetune-stylegan", "destylize", "pretrain", "finetune", "refine-exstyle", "sampler")
+from ..training import STAGES  # light: the package imports its stages lazily
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 STAGES = ("finetune-stylegan", "destylize", "pretrain", "finetune", "refine-exstyle", "sampler")
 IMPLEMENTED_STAGES = STAGES
+GAN_STAGES = ("finetune-stylegan", "pretrain", "finetune")
 
 _LAZY = {
     "train_sampler": ".sampler_stage", "SamplerConfig": ".sampler_stage", "load_sampler_safetensors": "..models.sampler",
@@ -33,4 +34,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["IMPLEMENTED_STAGES", "STAGES", *_LAZY]
+__all__ = ["GAN_STAGES", "IMPLEMENTED_STAGES", "STAGES", *_LAZY]

@@ -16,10 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import CheckpointError, InputError
+from . import GAN_STAGES, STAGES
 from .common import Progress, ShouldStop, StageResult
 from .files import ENCODER, find_file, latest_numbered, search_folders
-
-STAGES = ("finetune-stylegan", "destylize", "pretrain", "finetune", "refine-exstyle", "sampler")
 
 # stage -> official defaults of the options run_stage takes (iters, batch, lr and stage extras)
 DEFAULTS: dict[str, dict] = {
@@ -31,7 +30,6 @@ DEFAULTS: dict[str, dict] = {
     "refine-exstyle": {"iters": 100, "batch": 1, "lr_color": 0.01, "lr_structure": 0.005},
     "sampler": {"iters": None, "batch": 128},
 }
-GAN_STAGES = ("finetune-stylegan", "pretrain", "finetune")
 
 
 def _opt(options: Mapping, stage: str, key: str):
