@@ -793,3 +793,45 @@ def test_align_no_face_is_a_clear_error(nodes, host, dlib_ok):
                                                      detector="dlib", face="all", skip_missing=True)
     assert [b for b, _ in info.faces] == [1] * len(info)
 
+
+# ------------------------------------------------------------------------------------------
+# packaging for the Comfy Registry and ComfyUI-Manager
+# ------------------------------------------------------------------------------------------
+def test_registry_metadata_is_complete():
+    import re
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    comfy = meta["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    assert comfy["Icon"] and (comfy["Icon"].startswith("https://") or (ROOT / comfy["Icon"]).is_file())
+    # comfy-cli's accepted form; 0.3.48 is the first release with comfy_api.latest
+    assert comfy["requires-comfyui"] == ">=0.3.48"
+    assert re.match(r"^(>=|==|~=)?\d+\.\d+\.\d+$", comfy["requires-comfyui"])
+    for url in (meta["project"].get("urls") or {}).values():  # no placeholder addresses
+        assert "example" not in url and "/pastiche/pastiche" not in url, url
+    # ComfyUI-Manager installs requirements.txt into ComfyUI's Python: never a torch there
+    reqs = [ln.split("#")[0].strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert not [r for r in reqs if re.match(r"torch\b|torchvision\b", r)]
+    comfy_section = (ROOT / "README.md").read_text().split("## ComfyUI node pack", 1)[1].split("\n## ", 1)[0]
+    assert "pip install -r requirements.txt" in comfy_section
+    assert not re.search(r"pip install[^`\n]*torch", comfy_section)  # no torch install command there
+
+
+def test_registry_package_leaves_out_tests():
+    """`comfy node publish` zips the git-tracked files minus .comfyignore's gitwildmatch patterns."""
+    patterns = [ln.strip() for ln in (ROOT / ".comfyignore").read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")]
+    assert {"tests/", "benchmarks/"} <= set(patterns)
+    assert not any(p.startswith(("nodes", "pastiche_core", "workflows")) for p in patterns)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_has_a_template_thumbnail(path):
+    """ComfyUI's template browser shows workflows/<name>.jpg for workflows/<name>.json."""
+    from PIL import Image
+
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file() and thumb.stat().st_size < 100_000
+    with Image.open(thumb) as im:
+        assert im.format == "JPEG" and min(im.size) >= 128
