@@ -75,6 +75,7 @@ def write_images(images, folder: Path) -> list[Path]:
     """IMAGE batch -> ``folder/image_000.png`` ... (old image files there are removed first), so the
     same batch always gives the same files (the banks of destylize key their codes by file name)."""
     from PIL import Image
+    from pastiche_core.atomic import atomic_write
 
     arrays = image_to_uint8(check_image(images, "images"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,7 @@ def write_images(images, folder: Path) -> list[Path]:
     paths = []
     for i, rgb in enumerate(arrays):
         p = folder / f"image_{i:03d}.png"
-        Image.fromarray(rgb).save(p, compress_level=4)
+        atomic_write(p, lambda tmp, rgb=rgb: Image.fromarray(rgb).save(tmp, format="PNG", compress_level=4))
         paths.append(p)
     return paths
 
