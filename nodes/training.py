@@ -71,6 +71,23 @@ def check_save_name(save_name) -> str:
     return name
 
 
+def input_subfolder(text: str) -> Path:
+    """``data_folder`` -> a folder inside ComfyUI's input directory. A workflow can come from
+    anyone, so it may only point the training at what the server's input folder holds: a
+    relative path is taken under it; an absolute one (even one inside), a ``..`` part, ``~``
+    or a drive letter is refused. (A link the server's owner placed inside is followed.)"""
+    import folder_paths
+
+    root = Path(folder_paths.get_input_directory())
+    raw = str(text).strip()
+    parts = raw.replace("\\", "/").split("/")
+    if os.path.isabs(raw) or raw.startswith(("/", "\\", "~")) or ".." in parts or ":" in raw or "\x00" in raw:
+        raise PasticheNodeError(f"data_folder {text!r} must be a folder inside ComfyUI's input folder, given "
+                                f"relative to it (e.g. my_style/train; no absolute path, '..', '~' or drive): "
+                                f"{root}")
+    return root / os.path.normpath(raw)
+
+
 def write_images(images, folder: Path) -> list[Path]:
     """IMAGE batch -> ``folder/image_000.png`` ... (old image files there are removed first), so the
     same batch always gives the same files (the banks of destylize key their codes by file name)."""
@@ -258,8 +275,14 @@ class FineTuneStage(io.ComfyNode):
                              tooltip="GAN stages: show g_ema samples in the progress preview every N steps; 0 = only "
                                      "at the end (for the preview output)."),
                 io.String.Input("data_folder", default="", optional=True,
-                                tooltip="Instead of images: a folder of training images (relative paths are in "
-                                        "ComfyUI's input folder), e.g. the official data/<style>/images/train."),
+                                tooltip="Instead of images: a folder of training images inside ComfyUI's input "
+                                        "folder, as a path relative to it (e.g. my_style/train); paths outside "
+                                        "it (absolute, '..', '~') are refused."),
+                # last, so that widget values stored in older workflows keep their places
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Start this stage afresh even though <save_name> already has its training "
+                                         "state (a stopped or finished run): the state and the stage's outputs are "
+                                         "replaced. Off (and resume off): such a run is refused, nothing is lost."),
             ],
             outputs=[
                 DualStyleGANModel.Output(display_name="model",
@@ -278,7 +301,7 @@ class FineTuneStage(io.ComfyNode):
                 learning_rate: float = 0.0, style_loss: float = 0.25, contextual_loss: float = 0.25,
                 perceptual_loss: float = 1.0, identity_loss: float = 1.0, l2_reg_loss: float = 0.015,
                 augment: bool = False, seed: int = 0, save_name: str = "my_style", resume: bool = False,
-                preview_every: int = 0, data_folder: str = "") -> io.NodeOutput:
+                preview_every: int = 0, data_folder: str = "", overwrite: bool = False) -> io.NodeOutput:
         import comfy.model_management as mm
         import torch
         from pastiche_core.errors import PasticheError
@@ -300,6 +323,13 @@ class FineTuneStage(io.ComfyNode):
                 (out / f).is_file() for f in ("generator.pt", "generator.safetensors")):
             raise PasticheNodeError(f"save_name '{name}' is an existing style folder ({out}) that was not made by "
                                     f"training: pick a new save_name so its files are not overwritten")
+        from pastiche_core.training.checkpointing import state_path
+
+        state = state_path(out, key)
+        if state.is_file() and not resume and not overwrite:  # before any work, images included
+            raise PasticheNodeError(f"Fine-Tune Stage ({key}): '{name}' already has a training state of this stage "
+                                    f"({state}). Turn resume on to continue it, or overwrite on to start afresh and "
+                                    f"replace it and the stage's outputs (or pick a new save_name)")
         notes: list[str] = []
 
         # training data: an IMAGE batch written as PNGs, or a folder
@@ -316,11 +346,7 @@ class FineTuneStage(io.ComfyNode):
             data = out / sub
             notes.append(f"{len(written)} training images written to {data}")
         elif folder_text:
-            path = Path(os.path.expanduser(folder_text))
-            if not path.is_absolute():
-                import folder_paths
-
-                path = Path(folder_paths.get_input_directory()) / path
+            path = input_subfolder(folder_text)
             if not path.is_dir():
                 raise PasticheNodeError(f"data_folder '{folder_text}' is not a folder ({path})")
             data = path
@@ -348,7 +374,8 @@ class FineTuneStage(io.ComfyNode):
                 result = run_stage(key, checkpoints=root, out=out, data=data,
                                    style=None if model.demo else model.style, options=options,
                                    seed=int(seed) % (2 ** 63), resume=bool(resume), device=str(device),
-                                   progress=reporter.progress, should_stop=reporter.should_stop)
+                                   progress=reporter.progress, should_stop=reporter.should_stop,
+                                   overwrite=bool(overwrite))
         except PasticheError as exc:
             raise _wrap(exc, key) from None
         finally:

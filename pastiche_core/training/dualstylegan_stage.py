@@ -398,9 +398,7 @@ def finetune_dualstylegan(checkpoints, data, out, vgg, id_loss, instyle: StyleBa
 
         find_style_images(folder, names)  # every bank entry has its image (clear error otherwise)
         images = ImageSet(folder, size)
-        order = [images.names.index(n) for n in names]
-        images.paths = [images.paths[k] for k in order]
-        images.data = images.data[order]
+        images.select(names)
         if len(images) < cfg.batch:
             raise InputError(f"fewer exemplars than the batch: {len(images)} style images, --batch {cfg.batch}")
         _prepare([g, g_ema, d, vgg, id_loss], ctx.device)
