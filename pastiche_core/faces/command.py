@@ -96,9 +96,12 @@ def _check_numbered_outputs(out: Path, photo: Path) -> None:
     hit = pattern.match(photo.name) and os.path.abspath(photo.parent) == os.path.abspath(folder)
     if not hit and photo.is_file():
         for entry in os.scandir(folder):
-            if pattern.match(entry.name) and os.path.samefile(entry.path, photo):
-                hit = True
-                break
+            try:
+                if pattern.match(entry.name) and os.path.samefile(entry.path, photo):
+                    hit = True
+                    break
+            except OSError:  # a dangling link is not the photo
+                continue
     if hit:
         raise InputError(f"output '{out}' with --face all writes {out.stem}_0{out.suffix}, {out.stem}_1{out.suffix}, "
                          f"...: one of them is the input '{photo}'; choose another --out")

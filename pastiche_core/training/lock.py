@@ -34,6 +34,19 @@ def _rank() -> int:
         return 0
 
 
+def _remove_if_unused(made: list[Path], lock: Path) -> None:
+    """Remove the folders this run created when nothing but the lock file is in them (done
+    while the lock is still held, so no other run is inside)."""
+    try:
+        if [e.name for e in os.scandir(made[0])] != [LOCK_NAME]:
+            return
+        lock.unlink()
+        for folder in made:  # innermost first
+            folder.rmdir()
+    except OSError:
+        pass
+
+
 @contextlib.contextmanager
 def run_lock(out: str | os.PathLike, stage: str):
     """Hold the output folder's training lock for the block (rank 0 only; see the module doc)."""
@@ -41,6 +54,7 @@ def run_lock(out: str | os.PathLike, stage: str):
     if fcntl is None or _rank() != 0:
         yield None
         return
+    made = [] if out.is_dir() else [p for p in (out, *out.parents) if not p.exists()]
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
     try:
@@ -65,6 +79,8 @@ def run_lock(out: str | os.PathLike, stage: str):
         finally:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
+            if made:  # a run that failed before writing anything leaves no folder behind
+                _remove_if_unused(made, path)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
