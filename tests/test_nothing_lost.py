@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from pastiche_core import atomic, cli
-from pastiche_core.errors import CheckpointError, InputError
+from pastiche_core.errors import InputError
 from pastiche_core.training import checkpointing as C
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ Everything in it is a tensor or a plain container/number/string, so it loads wit
 tensors on save and back on load). :func:`save_state` checks that before writing and names
 the offending entry otherwise.
 
-Writes are atomic and durable: the state goes to a temporary file in the same folder, is
-flushed and ``fsync``-ed, then ``os.replace``-d over the previous checkpoint and the folder
+Writes are atomic and durable (:mod:`pastiche_core.atomic`): the state goes to a temporary file
+in the same folder, is ``fsync``-ed, then renamed over the previous checkpoint and the folder
 entry is ``fsync``-ed. A process killed at any point (``kill -9`` mid-write included) leaves
 either the previous complete checkpoint or the new complete one, never a torn file. A temporary
 file left by a dead writer is removed by the next load; one of a live process (another run

@@ -17,9 +17,9 @@ import torch
 
 from ..checkpoints import (_load_strict, build_generator, infer_stylegan2_config, is_dualstylegan_state,
                            is_stylegan2_state, safe_torch_load, save_generator_safetensors)
-from ..errors import CheckpointError
 from ..atomic import atomic_write
 from ..checkpoints import save_generator_safetensors
+from ..errors import CheckpointError
 from .checkpointing import atomic_torch_save
 
 STYLEGAN_FFHQ = "stylegan2-ffhq-config-f.pt"

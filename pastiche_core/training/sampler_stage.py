@@ -39,7 +39,7 @@ from torch import nn
 from ..errors import InputError
 from ..models.sampler import ICPNet, StyleSampler, load_sampler_safetensors, save_sampler_safetensors
 from . import distributed as D
-from .checkpointing import apply_state, atomic_torch_save, load_state, make_state, save_state, state_path
+from .checkpointing import apply_state, load_state, make_state, save_state, state_path
 from .common import Progress, ShouldStop, StageResult, check_compatible, derived_seed, tensor_fingerprint
 
 STAGE = "sampler"
