@@ -216,21 +216,6 @@ def write_group(items: Sequence[tuple[str | os.PathLike, Callable[[Path], None]]
     return [s.target for s in staged]
 
 
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb"):
-    """``with atomic_open(p) as fh: ...``: the file appears at ``p`` only when the block succeeds."""
-    s = Staged(path)
-    try:
-        with open(s.tmp, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        s.commit()
-        fsync_dir(s.target.parent)
-    finally:
-        s.discard()
-
-
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -255,7 +240,8 @@ def write_pair(twin: str | os.PathLike, write_twin: Callable[[Path], None], st: 
         staged.append(s1)
         write_twin(s1.tmp)
         s1.sync()
-        meta = {TWIN_KEY: json.dumps({"name": twin.name, "size": s1.tmp.stat().st_size,
+        st1 = s1.tmp.stat()  # the rename keeps size and mtime: a quick "unchanged" when both match
+        meta = {TWIN_KEY: json.dumps({"name": twin.name, "size": st1.st_size, "mtime_ns": st1.st_mtime_ns,
                                       "sha256": file_sha256(s1.tmp)})}
         s2 = Staged(st)
         staged.append(s2)
@@ -294,10 +280,14 @@ def twin_is_stale(st_path: str | os.PathLike) -> Path | None:
         return None
     path = st_path.with_name(Path(twin["name"]).name)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError:
         return None
-    if size != twin.get("size") or file_sha256(path) != twin.get("sha256"):
+    if st.st_size != twin.get("size"):
+        return path
+    if st.st_mtime_ns == twin.get("mtime_ns"):
+        return None  # untouched since the pair was written (no need to read a large file)
+    if file_sha256(path) != twin.get("sha256"):  # copied (new mtime) or rewritten: the contents decide
         return path
     return None
 
@@ -344,5 +334,5 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | N
     return out
 
 
-__all__ = ["HOST", "Staged", "TWIN_KEY", "atomic_open", "atomic_write", "check_output", "file_sha256", "fsync_dir",
+__all__ = ["HOST", "Staged", "TWIN_KEY", "atomic_write", "check_output", "file_sha256", "fsync_dir",
            "remove_dead_temps", "temp_name", "temp_owner", "twin_is_stale", "write_group", "write_pair"]

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -149,8 +150,6 @@ def test_kill_9_at_a_random_moment_keeps_the_last_good_checkpoint(tmp_path):
         try:
             first = proc.stdout.readline()  # one complete checkpoint exists from here on
             assert first.strip().isdigit(), "the writer did not start"
-            import time
-
             time.sleep(rng.uniform(0.0, 0.6))
             proc.send_signal(signal.SIGKILL)
             rest = proc.communicate(timeout=120)[0]
@@ -335,6 +334,20 @@ def test_a_stale_safetensors_cannot_win(tmp_path, monkeypatch):
     # another tool replaces the .pt alone: the .safetensors no longer describes it
     save_generator_official(pt, b)
     with pytest.warns(UserWarning, match="older than 'generator.pt'"):
+        assert first_existing(tmp_path, ["generator"], (".safetensors", ".pt")) == pt
+    # same size, other contents: the hash decides (a copied folder, with new mtimes, still matches)
+    save_generator_safetensors(st, "stylegan2", a, {"size": 4}, twin=pt)
+    import shutil
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in (st, pt):
+        shutil.copyfile(p, copy / p.name)
+    os.utime(copy / pt.name, ns=(1, 1))
+    assert first_existing(copy, ["generator"], (".safetensors", ".pt")) == copy / st.name
+    save_generator_official(pt, {"w": torch.full((3,), 2.0)})
+    assert pt.stat().st_size == (copy / pt.name).stat().st_size
+    with pytest.warns(UserWarning):
         assert first_existing(tmp_path, ["generator"], (".safetensors", ".pt")) == pt
     # a crash between the two renames of a pair (the .pt renamed, the .safetensors not)
     save_generator_safetensors(st, "stylegan2", a, {"size": 4}, twin=pt)

@@ -173,7 +173,7 @@ def _check_header(path: Path, what: str) -> None:
     try:
         with Image.open(path) as im:
             im.size  # noqa: B018
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"{what}: cannot use '{path.name}': not a readable image ({exc.__class__.__name__})") from None
 
 
