@@ -8,7 +8,10 @@ Files: the stage reads and writes ``models/dualstylegan/<save_name>/`` (the run'
 folder); further inputs are looked up in the input model's style folder and in
 ``models/dualstylegan/`` itself (``stylegan2-ffhq-config-f.pt``, ``encoder.pt``,
 ``vgg19-dcbb9e9d.pth``, ``model_ir_se50.pth``), exactly as ``python -m pastiche_core train``
-does with ``--out``/``--checkpoints``/``--style``.
+does with ``--out``/``--checkpoints``/``--style``. Nothing is lost: a stage whose folder already
+has its training state runs only with ``resume`` (continue) or ``overwrite`` (start afresh), one
+run at a time holds the folder (the runner's lock), and ``data_folder`` must lie inside ComfyUI's
+input folder (workflows come from anywhere; they may not point training at other files).
 """
 from __future__ import annotations
 
