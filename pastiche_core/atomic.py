@@ -268,11 +268,12 @@ def twin_is_stale(st_path: str | os.PathLike) -> Path | None:
     (:func:`write_pair`) that is still next to it but no longer has the recorded contents;
     else None (no twin recorded, twin gone, or twin unchanged)."""
     st_path = Path(st_path)
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(st_path), "pt") as fh:
-            meta = fh.metadata() or {}
+    try:  # the header only (8-byte length + JSON), without torch: the node pack calls this at listing time
+        with open(st_path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 2 <= n <= 100_000_000:
+                return None
+            meta = json.loads(fh.read(n)).get("__metadata__") or {}
         twin = json.loads(meta[TWIN_KEY]) if TWIN_KEY in meta else None
     except Exception:  # unreadable: the loader reports it properly
         return None
