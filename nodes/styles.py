@@ -30,6 +30,7 @@ def _bank_names(path: str) -> list[str]:
 
 def bank_options() -> list[str]:
     """``(by index)`` + ``<style>/<entry name>`` for every bank in models/dualstylegan (and the demo)."""
+    from pastiche_core.atomic import twin_is_stale
     from pastiche_core.pipeline import DEMO_STYLES
 
     opts = [BY_INDEX]
@@ -37,6 +38,8 @@ def bank_options() -> list[str]:
         for stem in _BANK_STEMS:
             hit = [os.path.join(root, style, stem + ext) for ext in (".safetensors", ".npy")]
             hit = [p for p in hit if os.path.isfile(p)]
+            if len(hit) == 2 and twin_is_stale(hit[0]) is not None:
+                hit = hit[1:]  # the .npy changed since the .safetensors was written with it: the .npy wins
             if hit:
                 opts += [f"{style}/{n}" for n in _bank_names(hit[0])]
                 break

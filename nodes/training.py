@@ -8,7 +8,10 @@ Files: the stage reads and writes ``models/dualstylegan/<save_name>/`` (the run'
 folder); further inputs are looked up in the input model's style folder and in
 ``models/dualstylegan/`` itself (``stylegan2-ffhq-config-f.pt``, ``encoder.pt``,
 ``vgg19-dcbb9e9d.pth``, ``model_ir_se50.pth``), exactly as ``python -m pastiche_core train``
-does with ``--out``/``--checkpoints``/``--style``.
+does with ``--out``/``--checkpoints``/``--style``. Nothing is lost: a stage whose folder already
+has its training state runs only with ``resume`` (continue) or ``overwrite`` (start afresh), one
+run at a time holds the folder (the runner's lock), and ``data_folder`` must lie inside ComfyUI's
+input folder (workflows come from anywhere; they may not point training at other files).
 """
 from __future__ import annotations
 
@@ -71,20 +74,28 @@ def check_save_name(save_name) -> str:
     return name
 
 
-def resolve_data_folder(text: str) -> Path:
-    """data_folder -> a path: ``~`` expanded, a relative path taken in ComfyUI's input folder."""
-    path = Path(os.path.expanduser(str(text).strip()))
-    if not path.is_absolute():
-        import folder_paths
+def input_subfolder(text: str) -> Path:
+    """``data_folder`` -> a folder inside ComfyUI's input directory. A workflow can come from
+    anyone, so it may only point the training at what the server's input folder holds: a
+    relative path is taken under it; an absolute one (even one inside), a ``..`` part, ``~``
+    or a drive letter is refused. (A link the server's owner placed inside is followed.)"""
+    import folder_paths
 
-        path = Path(folder_paths.get_input_directory()) / path
-    return path
+    root = Path(folder_paths.get_input_directory())
+    raw = str(text).strip()
+    parts = raw.replace("\\", "/").split("/")
+    if os.path.isabs(raw) or raw.startswith(("/", "\\", "~")) or ".." in parts or ":" in raw or "\x00" in raw:
+        raise PasticheNodeError(f"data_folder {text!r} must be a folder inside ComfyUI's input folder, given "
+                                f"relative to it (e.g. my_style/train; no absolute path, '..', '~' or drive): "
+                                f"{root}")
+    return root / os.path.normpath(raw)
 
 
 def write_images(images, folder: Path) -> list[Path]:
     """IMAGE batch -> ``folder/image_000.png`` ... (old image files there are removed first), so the
     same batch always gives the same files (the banks of destylize key their codes by file name)."""
     from PIL import Image
+    from pastiche_core.atomic import atomic_write
 
     arrays = image_to_uint8(check_image(images, "images"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,7 +105,7 @@ def write_images(images, folder: Path) -> list[Path]:
     paths = []
     for i, rgb in enumerate(arrays):
         p = folder / f"image_{i:03d}.png"
-        Image.fromarray(rgb).save(p, compress_level=4)
+        atomic_write(p, lambda tmp, rgb=rgb: Image.fromarray(rgb).save(tmp, format="PNG", compress_level=4))
         paths.append(p)
     return paths
 
@@ -270,8 +281,14 @@ class FineTuneStage(io.ComfyNode):
                              tooltip="GAN stages: show g_ema samples in the progress preview every N steps; 0 = only "
                                      "at the end (for the preview output)."),
                 io.String.Input("data_folder", default="", optional=True,
-                                tooltip="Instead of images: a folder of training images (relative paths are in "
-                                        "ComfyUI's input folder), e.g. the official data/<style>/images/train."),
+                                tooltip="Instead of images: a folder of training images inside ComfyUI's input "
+                                        "folder, as a path relative to it (e.g. my_style/train); paths outside "
+                                        "it (absolute, '..', '~') are refused."),
+                # last, so that widget values stored in older workflows keep their places
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Start this stage afresh even though <save_name> already has its training "
+                                         "state (a stopped or finished run): the state and the stage's outputs are "
+                                         "replaced. Off (and resume off): such a run is refused, nothing is lost."),
             ],
             outputs=[
                 DualStyleGANModel.Output(display_name="model",
@@ -294,8 +311,8 @@ class FineTuneStage(io.ComfyNode):
         try:
             if save_name is not None:
                 check_save_name(save_name)
-            if data_folder is not None and data_folder.strip() and not resolve_data_folder(data_folder).is_dir():
-                return f"data_folder '{data_folder}' is not a folder ({resolve_data_folder(data_folder)})"
+            if data_folder is not None and data_folder.strip() and not input_subfolder(data_folder).is_dir():
+                return f"data_folder '{data_folder}' is not a folder ({input_subfolder(data_folder)})"
         except PasticheNodeError as exc:
             return str(exc)
         return True
@@ -314,8 +331,11 @@ class FineTuneStage(io.ComfyNode):
         files = [Path(r) / f for r in model_roots() for f in (STYLEGAN_FFHQ, ENCODER, VGG19_FILE, IRSE50_FILE)]
         folder = (data_folder or "").strip()
         if folder:
-            path = resolve_data_folder(folder)
-            if path.is_dir():
+            try:
+                path = input_subfolder(folder)
+            except PasticheNodeError:  # refused when the node runs; nothing to fingerprint
+                path = None
+            if path is not None and path.is_dir():
                 files += sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
         stamp = []
         for p in files:
@@ -333,7 +353,7 @@ class FineTuneStage(io.ComfyNode):
                 learning_rate: float = 0.0, style_loss: float = 0.25, contextual_loss: float = 0.25,
                 perceptual_loss: float = 1.0, identity_loss: float = 1.0, l2_reg_loss: float = 0.015,
                 augment: bool = False, seed: int = 0, save_name: str = "my_style", resume: bool = False,
-                preview_every: int = 0, data_folder: str = "") -> io.NodeOutput:
+                preview_every: int = 0, data_folder: str = "", overwrite: bool = False) -> io.NodeOutput:
         import comfy.model_management as mm
         import torch
         from pastiche_core.errors import PasticheError
@@ -355,6 +375,13 @@ class FineTuneStage(io.ComfyNode):
                 (out / f).is_file() for f in ("generator.pt", "generator.safetensors")):
             raise PasticheNodeError(f"save_name '{name}' is an existing style folder ({out}) that was not made by "
                                     f"training: pick a new save_name so its files are not overwritten")
+        from pastiche_core.training.checkpointing import state_path
+
+        state = state_path(out, key)
+        if state.is_file() and not resume and not overwrite:  # before any work, images included
+            raise PasticheNodeError(f"Fine-Tune Stage ({key}): '{name}' already has a training state of this stage "
+                                    f"({state}). Turn resume on to continue it, or overwrite on to start afresh and "
+                                    f"replace it and the stage's outputs (or pick a new save_name)")
         notes: list[str] = []
 
         # training data: an IMAGE batch written as PNGs, or a folder
@@ -371,7 +398,7 @@ class FineTuneStage(io.ComfyNode):
             data = out / sub
             notes.append(f"{len(written)} training images written to {data}")
         elif folder_text:
-            path = resolve_data_folder(folder_text)
+            path = input_subfolder(folder_text)
             if not path.is_dir():
                 raise PasticheNodeError(f"data_folder '{folder_text}' is not a folder ({path})")
             data = path
@@ -399,7 +426,8 @@ class FineTuneStage(io.ComfyNode):
                 result = run_stage(key, checkpoints=root, out=out, data=data,
                                    style=None if model.demo else model.style, options=options,
                                    seed=int(seed) % (2 ** 63), resume=bool(resume), device=str(device),
-                                   progress=reporter.progress, should_stop=reporter.should_stop)
+                                   progress=reporter.progress, should_stop=reporter.should_stop,
+                                   overwrite=bool(overwrite))
         except PasticheError as exc:
             raise _wrap(exc, key) from None
         finally:

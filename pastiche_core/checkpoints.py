@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 import re
 import zipfile
 from collections.abc import Mapping
@@ -25,11 +26,23 @@ FORMAT_VERSION = "1"
 
 
 def first_existing(folder: str | os.PathLike, stems, suffixes) -> Path | None:
-    """The first ``folder/<stem><suffix>`` file that exists, trying stems in order, then suffixes."""
+    """The first ``folder/<stem><suffix>`` file that exists, trying stems in order, then suffixes.
+
+    A ``.safetensors`` written together with its ``.pt``/``.npy`` twin is skipped when that twin
+    has changed since (replaced by another tool, or a crash between the two renames): the
+    stale copy must not win over the file next to it."""
     for stem in stems:
         for suffix in suffixes:
             p = Path(folder) / f"{stem}{suffix}"
             if p.is_file():
+                if suffix == ".safetensors":
+                    from .atomic import twin_is_stale
+
+                    twin = twin_is_stale(p)
+                    if twin is not None:
+                        warnings.warn(f"'{p}' is older than '{twin.name}' next to it; using '{twin.name}'",
+                                      stacklevel=2)
+                        continue
                 return p
     return None
 
@@ -271,19 +284,18 @@ def load_generator(path: str | os.PathLike, device=None, dtype=None):
 # Our format
 # --------------------------------------------------------------------------------------------
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from .atomic import atomic_write
+
+    atomic_write(path, write)
 
 
 def save_generator_safetensors(path: str | os.PathLike, kind: str, state: Mapping[str, torch.Tensor],
-                               config: dict, extras: Mapping[str, torch.Tensor] | None = None) -> None:
-    """Write a generator state dict (+ extras such as ``latent_avg``) as safetensors, atomically."""
+                               config: dict, extras: Mapping[str, torch.Tensor] | None = None,
+                               twin: str | os.PathLike | None = None, twin_write=None) -> None:
+    """Write a generator state dict (+ extras such as ``latent_avg``) as safetensors, atomically.
+
+    ``twin``: also write the official-layout ``.pt`` there (``twin_write(tmp)`` when given, else
+    ``{"g_ema": ...}``), as a pair that cannot disagree (:func:`pastiche_core.atomic.write_pair`)."""
     from safetensors.torch import save_file
 
     extras = dict(extras or {})
@@ -292,15 +304,29 @@ def save_generator_safetensors(path: str | os.PathLike, kind: str, state: Mappin
         tensors[name] = value.detach().contiguous().cpu()
     meta = {FORMAT_KEY: FORMAT_VERSION, MODEL_KEY: kind, CONFIG_KEY: json.dumps(config),
             "pastiche.extras": json.dumps(sorted(extras)), "pastiche.keys": json.dumps(list(state))}
+    if twin is not None:  # the official-layout copy, written with it so that the two cannot disagree
+        from .atomic import write_pair
+
+        if twin_write is None:
+            obj = _official(state, extras)
+            twin_write = lambda tmp: torch.save(obj, tmp)  # noqa: E731
+        write_pair(twin, twin_write, path,
+                   lambda tmp, more: save_file(tensors, str(tmp), metadata={**meta, **more}))
+        return
     _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def _official(state: Mapping[str, torch.Tensor], extras: Mapping[str, torch.Tensor] | None = None) -> dict:
+    obj = {"g_ema": {k: v.detach().cpu() for k, v in state.items()}}
+    for name, value in (extras or {}).items():
+        obj[name] = value.detach().cpu()
+    return obj
 
 
 def save_generator_official(path: str | os.PathLike, state: Mapping[str, torch.Tensor],
                             extras: Mapping[str, torch.Tensor] | None = None) -> None:
     """Write the official layout ``{"g_ema": state_dict[, "latent_avg"]}`` (torch.save), atomically."""
-    obj = {"g_ema": {k: v.detach().cpu() for k, v in state.items()}}
-    for name, value in (extras or {}).items():
-        obj[name] = value.detach().cpu()
+    obj = _official(state, extras)
     _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
@@ -314,8 +340,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     src, dst = Path(src), Path(dst)
     if dst.suffix not in (".safetensors", ".pt", ".pth"):
         raise CheckpointError(f"output '{dst}' must end in .safetensors or .pt")
-    if src.resolve() == dst.resolve():
-        raise CheckpointError("input and output are the same file")
+    from .atomic import check_output
+
+    check_output(dst, [src], option="OUT")  # before reading: a hard link to IN counts as IN
     kind, state, extras = read_generator_file(src)
     model = build_generator(kind, state, src)  # validates every key and shape
     if dst.suffix == ".safetensors":

@@ -178,8 +178,7 @@ def _pickle_numpy1(obj) -> bytes:
     return bytes(out)
 
 
-def write_npy_bank(path: str | os.PathLike, bank: Mapping[str, np.ndarray]) -> None:
-    """Write ``{name: float32 [1, L, D]}`` as the official object ``.npy`` (numpy 1.x layout)."""
+def _npy_bank_writer(bank: Mapping[str, np.ndarray]):
     holder = np.empty((), dtype=object)
     holder[()] = {str(k): np.ascontiguousarray(v, dtype=np.float32) for k, v in bank.items()}
     payload = _pickle_numpy1(holder)
@@ -189,7 +188,12 @@ def write_npy_bank(path: str | os.PathLike, bank: Mapping[str, np.ndarray]) -> N
             np.lib.format.write_array_header_1_0(fh, {"descr": "|O", "fortran_order": False, "shape": ()})
             fh.write(payload)
 
-    _atomic_write(Path(path), write)
+    return write
+
+
+def write_npy_bank(path: str | os.PathLike, bank: Mapping[str, np.ndarray]) -> None:
+    """Write ``{name: float32 [1, L, D]}`` as the official object ``.npy`` (numpy 1.x layout)."""
+    _atomic_write(Path(path), _npy_bank_writer(bank))
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,8 +295,7 @@ class StyleBank:
             return cls.load_safetensors(path)
         raise CheckpointError(f"'{path}': unknown style bank format (expected a .npy or .safetensors file)")
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Our format: safetensors with ``codes [N, L, D]`` and names/space/config in the metadata."""
+    def _safetensors_writer(self):
         from safetensors.torch import save_file
 
         codes = self.codes.contiguous()
@@ -300,7 +303,21 @@ class StyleBank:
                   "style_dim": int(codes.shape[2])}
         meta = {FORMAT_KEY: FORMAT_VERSION, MODEL_KEY: BANK_MODEL, CONFIG_KEY: json.dumps(config),
                 SPACE_KEY: self.space, NAMES_KEY: json.dumps(self._names)}
-        _atomic_write(Path(path), lambda tmp: save_file({"codes": codes}, str(tmp), metadata=meta))
+        return lambda tmp, more=None: save_file({"codes": codes}, str(tmp), metadata={**meta, **(more or {})})
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Our format: safetensors with ``codes [N, L, D]`` and names/space/config in the metadata."""
+        _atomic_write(Path(path), self._safetensors_writer())
+
+    def save_pair(self, npy_path: str | os.PathLike, st_path: str | os.PathLike) -> None:
+        """The official ``.npy`` and our ``.safetensors`` as one pair that cannot disagree
+        (:func:`pastiche_core.atomic.write_pair`: loading skips a ``.safetensors`` whose ``.npy``
+        twin changed since)."""
+        from .atomic import write_pair
+
+        if self.space != "z+":
+            raise InputError(f"the official scripts read banks as z+ codes; this bank is {self.space}")
+        write_pair(npy_path, _npy_bank_writer(self.to_dict()), st_path, self._safetensors_writer())
 
     def save_npy(self, path: str | os.PathLike) -> None:
         """The official format (``np.save`` of ``{name: float32 [1, L, D]}``, numpy 1.x pickle layout)."""

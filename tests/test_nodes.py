@@ -287,8 +287,12 @@ def test_validate_inputs_report_mistakes_at_queue_time(nodes, tmp_path):
     assert ft.validate_inputs(save_name=None, data_folder=None) is True  # linked: checked at run time
     for bad in ("", "../x", "a/b", ".hidden"):
         assert "save_name" in ft.validate_inputs(save_name=bad, data_folder=""), bad
-    assert "is not a folder" in ft.validate_inputs(save_name="s", data_folder=str(tmp_path / "nope"))
-    assert ft.validate_inputs(save_name="s", data_folder=str(tmp_path)) is True
+    assert "is not a folder" in ft.validate_inputs(save_name="s", data_folder="nope")
+    assert "inside ComfyUI's input folder" in ft.validate_inputs(save_name="s", data_folder=str(tmp_path))
+    import folder_paths
+
+    (Path(folder_paths.get_input_directory()) / "train_set").mkdir(parents=True, exist_ok=True)
+    assert ft.validate_inputs(save_name="s", data_folder="train_set") is True
     assert mix.validate_inputs(layer_weights="") is True and mix.validate_inputs(layer_weights="1, 0.5") is True
     assert "numbers" in mix.validate_inputs(layer_weights="1, x")
     assert "up to 18" in mix.validate_inputs(layer_weights=", ".join(["1"] * 19))
@@ -335,14 +339,17 @@ def test_finetune_fingerprint_never_sees_its_own_outputs(nodes, host, tmp_path):
 
     ft = nodes["PasticheFineTuneStage"]
     root = Path(folder_paths.get_folder_paths("dualstylegan")[0])
-    data = tmp_path / "exemplars"
-    data.mkdir()
+    data = Path(folder_paths.get_input_directory()) / "fp_exemplars"  # data folders live in input/
+    data.mkdir(parents=True)
     (data / "a.png").write_bytes(b"png")
     (data / "notes.txt").write_text("not an image")
-    fp = ft.fingerprint_inputs(save_name="fp_run", data_folder=str(data), model=None, stage="x")
+    fp = ft.fingerprint_inputs(save_name="fp_run", data_folder="fp_exemplars", model=None, stage="x")
     assert [Path(p).name for p, _, _ in fp] == ["a.png"]
     (data / "b.jpg").write_bytes(b"jpg")
-    assert ft.fingerprint_inputs(save_name="fp_run", data_folder=str(data)) != fp
+    assert ft.fingerprint_inputs(save_name="fp_run", data_folder="fp_exemplars") != fp
+    # a folder outside input/ is refused when the node runs; it contributes nothing here
+    assert ft.fingerprint_inputs(save_name="fp_run", data_folder=str(tmp_path)) == \
+        ft.fingerprint_inputs(save_name="fp_run", data_folder="")
     shared = root / "stylegan2-ffhq-config-f.pt"
     shared.write_bytes(b"ffhq")
     try:
@@ -351,10 +358,10 @@ def test_finetune_fingerprint_never_sees_its_own_outputs(nodes, host, tmp_path):
         (out / "train_images").mkdir(parents=True)
         try:
             (out / "train_images" / "image_000.png").write_bytes(b"written by the node")
-            before = ft.fingerprint_inputs(save_name="fp_run", data_folder=str(out / "train_images"))
+            before = ft.fingerprint_inputs(save_name="fp_run", data_folder="")
             (out / "generator.pt").write_bytes(b"trained")
             (out / "train_images" / "image_001.png").write_bytes(b"written by the node")
-            after = ft.fingerprint_inputs(save_name="fp_run", data_folder=str(out / "train_images"))
+            after = ft.fingerprint_inputs(save_name="fp_run", data_folder="")
             assert before == after and all("fp_run" not in p for p, _, _ in after)
         finally:
             shutil.rmtree(out)

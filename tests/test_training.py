@@ -126,10 +126,10 @@ def test_kill_during_write_keeps_the_last_good_checkpoint(tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert proc.returncode == -9
-    assert list(path.parent.glob(".toy.pt.tmp-*"))  # the torn temporary file is there ...
+    assert list(path.parent.glob(".pst-*.tmp"))  # the torn temporary file is there ...
     state = C.load_state(path, "toy")                # ... but the checkpoint is the previous one
     assert state["step"] == 5 and torch.equal(state["extra"]["marker"], torch.arange(3))
-    assert not list(path.parent.glob(".toy.pt.tmp-*"))  # and the stale temporary is cleaned up
+    assert not list(path.parent.glob(".pst-*.tmp"))  # and the stale temporary is cleaned up
 
 
 def test_load_state_errors(tmp_path):

@@ -34,16 +34,16 @@ def torch_device_dtype(args: argparse.Namespace):
     return device, dtype
 
 
-def check_output(path: str) -> Path:
+def check_output(path: str, inputs=()) -> Path:
+    """Before any work: a known image extension, a writable folder, a valid name, and not one of
+    ``inputs`` (the same path or the same file through a link)."""
+    from ..atomic import check_output as check_writable
     from ..faces.io import _SAVE_FORMATS
 
     out = Path(path)
     if out.suffix.lower() not in _SAVE_FORMATS:
         raise InputError(f"output '{out}': unknown image extension '{out.suffix}' (use .png, .jpg or .webp)")
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"output '{out}': folder '{folder}' does not exist")
-    return out
+    return check_writable(out, inputs)
 
 
 def progress_printer(quiet: bool):

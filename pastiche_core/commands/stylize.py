@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..pipeline import stylize
 
-    out = check_output(args.out)
+    out = check_output(args.out, [args.photo, args.exemplar])
     device, dtype = torch_device_dtype(args)
     result = stylize(args.photo, checkpoints=args.checkpoints, style=args.style, style_id=args.style_id,
                      exemplar=args.exemplar, exemplar_steps=args.exemplar_steps, preserve_color=args.preserve_color, wplus=args.wplus,

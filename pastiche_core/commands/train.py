@@ -29,7 +29,10 @@ DIR/NAME and DIR, so stages chained into one --out folder find each other's file
                      writes OUT/sampler.pt (+ sampler.safetensors)
 
 A run checkpoints itself to OUT/train_state/STAGE.pt (atomically); Ctrl-C stops at the next
-step with the state saved, and --resume continues bit for bit. Multi-process (CPU: gloo,
+step with the state saved, and --resume continues bit for bit. A fresh run over an existing
+state of the same stage is refused unless --force (it would replace a finished run's outputs),
+and one run at a time holds OUT (a lock file, OUT/.pastiche-train.lock): a second run on the
+same folder is refused while the first is running. Multi-process (CPU: gloo,
 GPU: NCCL):  torchrun --nproc_per_node N -m pastiche_core train STAGE ...
 """
 from __future__ import annotations
@@ -60,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=256, metavar="S",
                         help="refine-exstyle: resolution the losses compare at (official 256)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state/STAGE.pt")
+    parser.add_argument("--force", action="store_true",
+                        help="start afresh even though OUT already has a training state of STAGE (replacing it "
+                             "and the stage's outputs); without --resume or --force such a run is refused")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--save-every", type=int, metavar="N", help="steps between checkpoints")
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
@@ -198,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
             result = run_stage(args.stage, checkpoints=args.checkpoints, out=out, data=args.data, style=args.style,
                                options=options, seed=args.seed, resume=args.resume, device=args.device,
                                loss_models=args.loss_models, save_every=args.save_every, progress=bar,
-                               should_stop=stop)
+                               should_stop=stop, overwrite=args.force)
         finally:
             bar.close()
     for note in result.notes:

@@ -84,16 +84,42 @@ def numbered_path(out: Path, i: int) -> Path:
     return out.with_name(f"{out.stem}_{i}{out.suffix}")
 
 
+def _check_numbered_outputs(out: Path, photo: Path) -> None:
+    """With --face all the crops go to OUT_0, OUT_1, ...: none of them may be the photo."""
+    import os
+    import re
+
+    from ..errors import InputError  # noqa: PLC0415
+
+    folder = out.parent if str(out.parent) else Path(".")
+    pattern = re.compile(re.escape(out.stem) + r"_\d+" + re.escape(out.suffix) + "$")
+    hit = pattern.match(photo.name) and os.path.abspath(photo.parent) == os.path.abspath(folder)
+    if not hit and photo.is_file():
+        for entry in os.scandir(folder):
+            try:
+                if pattern.match(entry.name) and os.path.samefile(entry.path, photo):
+                    hit = True
+                    break
+            except OSError:  # a dangling link is not the photo
+                continue
+    if hit:
+        raise InputError(f"output '{out}' with --face all writes {out.stem}_0{out.suffix}, {out.stem}_1{out.suffix}, "
+                         f"...: one of them is the input '{photo}'; choose another --out")
+
+
 def run_align(args: argparse.Namespace) -> int:
     from .align import align_file  # noqa: PLC0415
     from .detect import get_detector  # noqa: PLC0415
     from .io import _SAVE_FORMATS, save_image  # noqa: PLC0415
 
+    from ..atomic import check_output  # noqa: PLC0415
+
     out = Path(args.out)
     if out.suffix.lower() not in _SAVE_FORMATS:
         raise PasticheError(f"output '{out}': unknown image extension '{out.suffix}' (use .png, .jpg or .webp)")
-    if not (out.parent if str(out.parent) else Path(".")).is_dir():
-        raise PasticheError(f"output '{out}': folder '{out.parent}' does not exist")
+    check_output(out, [args.photo])  # before any work: writable, valid name, not the photo itself
+    if args.face == "all":
+        _check_numbered_outputs(out, Path(args.photo))
     detector = get_detector(args.detector)
     aligned, _rgb, _alpha, _info = align_file(args.photo, detector=detector, size=args.size, face=args.face)
     found = aligned[0].params.get("faces_found", len(aligned))

@@ -22,7 +22,6 @@ place, so a failure never leaves a half-written output (and never clobbers an ex
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -257,24 +256,18 @@ def save_image(
         for key, value in text.items():
             kwargs["pnginfo"].add_text(key, value)
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
-    try:
-        try:
-            mode = (p.stat().st_mode & 0o777) if p.exists() else 0o644
-            os.chmod(tmp, mode)
-        except OSError:
-            pass
-        with os.fdopen(fd, "wb") as fh:
+    from ..atomic import atomic_write  # the one writer: short temp name, umask, fsync, cleanup
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
             im.save(fh, format=fmt, **kwargs)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise InputError(f"output '{p}' could not be written: {exc.strerror or exc}") from None
-        raise
+
+    from ..errors import CheckpointError
+
+    try:
+        atomic_write(p, write)
+    except OSError as exc:
+        raise InputError(f"output '{p}' could not be written: {exc.strerror or exc}") from None
+    except CheckpointError as exc:  # a full disk: the writer's message, as an input error of this output
+        raise InputError(f"output '{p}' could not be written: {exc}") from None
     return p

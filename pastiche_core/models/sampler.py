@@ -275,13 +275,27 @@ __all__ = ["ICPNet", "SAMPLER_EXPECTED", "StyleSampler"]
 SAMPLER_MODEL = "style_sampler"  # metadata model name of our sampler .safetensors
 
 
-def save_sampler_safetensors(path: str | os.PathLike, model: "StyleSampler") -> None:
-    """Both nets as ``structure.<key>`` / ``color.<key>`` tensors with the config in metadata."""
+def save_sampler_safetensors(path: str | os.PathLike, model: "StyleSampler",
+                             twin: str | os.PathLike | None = None) -> None:
+    """Both nets as ``structure.<key>`` / ``color.<key>`` tensors with the config in metadata.
+
+    ``twin``: also write the official ``{"color": ..., "structure": ...}`` ``.pt`` there, as a
+    pair that cannot disagree (:func:`pastiche_core.atomic.write_pair`)."""
     from safetensors.torch import save_file
 
     tensors = {k: (v.float() if v.is_floating_point() else v).detach().contiguous().cpu()
                for k, v in model.state_dict().items()}
     meta = {FORMAT_KEY: FORMAT_VERSION, MODEL_KEY: SAMPLER_MODEL, CONFIG_KEY: json.dumps(model.config)}
+    if twin is not None:
+        from ..atomic import write_pair
+
+        def official(net) -> dict:  # float32 CPU, as train_sampler.py writes it
+            return {k: (v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu())
+                    for k, v in net.state_dict().items()}
+        obj = {"color": official(model.color), "structure": official(model.structure)}
+        write_pair(twin, lambda tmp: torch.save(obj, tmp), path,
+                   lambda tmp, more: save_file(tensors, str(tmp), metadata={**meta, **more}))
+        return
     _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 

@@ -198,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        from ..atomic import atomic_write, check_output
+
+        out = Path(args.out if str(args.out).endswith(".npz") else f"{args.out}.npz")  # as np.savez names it
+        out.parent.mkdir(parents=True, exist_ok=True)
+        check_output(out, [args.case])  # before the work: never the case file itself
         arrays, meta = load_case(args.case)
         model = build_model(meta, arrays, args.weights, args.manifests).use_fast_path(args.path == "fast")
         with torch.inference_mode():
@@ -208,8 +213,12 @@ def main(argv: list[str] | None = None) -> int:
             if missing:
                 raise PasticheError(f"case {meta['case']}: this replay does not produce {missing}")
             outputs = {k: outputs[k] for k in expected}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.out, meta_json=np.array(json.dumps(meta)), **outputs)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, meta_json=np.array(json.dumps(meta)), **outputs)
+
+        atomic_write(out, write)
     except (PasticheError, OSError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

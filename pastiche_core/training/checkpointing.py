@@ -14,15 +14,15 @@ Everything in it is a tensor or a plain container/number/string, so it loads wit
 tensors on save and back on load). :func:`save_state` checks that before writing and names
 the offending entry otherwise.
 
-Writes are atomic and durable: the state goes to a temporary file in the same folder, is
-flushed and ``fsync``-ed, then ``os.replace``-d over the previous checkpoint and the folder
+Writes are atomic and durable (:mod:`pastiche_core.atomic`): the state goes to a temporary file
+in the same folder, is ``fsync``-ed, then renamed over the previous checkpoint and the folder
 entry is ``fsync``-ed. A process killed at any point (``kill -9`` mid-write included) leaves
-either the previous complete checkpoint or the new complete one, never a torn file; a stale
-temporary file is removed by the next save or load.
+either the previous complete checkpoint or the new complete one, never a torn file. A temporary
+file left by a dead writer is removed by the next load; one of a live process (another run
+writing into the same folder) is never touched (see :mod:`pastiche_core.atomic`).
 """
 from __future__ import annotations
 
-import errno
 import os
 import random
 from collections.abc import Mapping
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_write, remove_dead_temps
 from ..checkpoints import safe_torch_load
 from ..errors import CheckpointError
 
@@ -161,62 +162,16 @@ def apply_state(state: Mapping, *, models: Mapping[str, torch.nn.Module] | None 
 # --------------------------------------------------------------------------------------------
 # Atomic files
 # --------------------------------------------------------------------------------------------
-def _tmp_prefix(path: Path) -> str:
-    return f".{path.name}.tmp-"
-
-
-def _remove_stale_tmp(path: Path) -> None:
-    if not path.parent.is_dir():
-        return
-    for stale in path.parent.glob(_tmp_prefix(path) + "*"):
-        try:
-            stale.unlink()
-        except OSError:
-            pass
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # e.g. Windows: folders cannot be opened; os.replace is still atomic there
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
-    """``torch.save`` through a temporary file + flush + fsync + ``os.replace`` + folder fsync."""
+    """``torch.save`` through :func:`pastiche_core.atomic.atomic_write` (temp file in the same
+    folder, fsync, rename, folder fsync; a full disk is a clear error with the old file kept)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(path)
-    tmp = path.with_name(f"{_tmp_prefix(path)}{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            kept = "the previous one is intact" if path.exists() else "nothing was written"
-            raise CheckpointError(f"the disk is full: could not write '{path}' ({kept}); free some space and run "
-                                  f"the same command with --resume") from None
-        raise
-    except RuntimeError as exc:  # torch.save reports a failed write as RuntimeError
-        if "No space left" in str(exc) or "file write failed" in str(exc):
-            kept = "the previous one is intact" if path.exists() else "nothing was written"
-            raise CheckpointError(f"could not write '{path}' (disk full?): {str(exc).splitlines()[0]}; {kept}. "
-                                  f"Free some space and run the same command with --resume") from None
-        raise
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic_write(path, write, hint="run the same command with --resume")
 
 
 def save_state(path: str | os.PathLike, state: Mapping) -> Path:
@@ -229,7 +184,7 @@ def load_state(path: str | os.PathLike, stage: str | None = None) -> dict:
     """Read a training state with ``torch.load(weights_only=True)``; clear errors for a missing,
     corrupt or foreign file, or one written by another stage."""
     path = Path(path)
-    _remove_stale_tmp(path)
+    remove_dead_temps(path.parent)  # only dead writers' leftovers: a live run's in-flight file stays
     state = safe_torch_load(path, STATE_EXPECTED)
     if not isinstance(state, Mapping) or state.get("format") != FORMAT:
         raise CheckpointError(f"'{path}' is not {STATE_EXPECTED}")

@@ -87,13 +87,34 @@ def find_style_images(data: str | os.PathLike, names: Sequence[str]) -> list[Pat
         raise InputError(f"--data '{folder}' is not a folder (expected the style images, e.g. data/<style>/images/train)")
     paths, missing = [], []
     for name in names:
-        p = folder / name
+        p = confined(folder, name, "style image named in the bank")
         (paths if p.is_file() else missing).append(p)
     if missing:
         shown = ", ".join(p.name for p in missing[:5])
         raise InputError(f"{len(missing)} of the {len(names)} style images named in the bank are not in '{folder}' "
                          f"(e.g. {shown}); --data must be the folder the bank was made from")
     return paths
+
+
+def confined(folder: str | os.PathLike, name: str, what: str = "file") -> Path:
+    """``folder/name`` for a name read from a file (a bank key): refused when it is absolute,
+    has a ``..`` part, or leads through a linked folder outside ``folder``, so a crafted bank
+    cannot make training read (or report on) files elsewhere. A file that is itself a symbolic
+    link inside ``folder`` is fine (datasets are often linked)."""
+    folder = Path(folder)
+    text = str(name)
+    parts = Path(text.replace("\\", "/")).parts
+    if not text or "\x00" in text or Path(text).is_absolute() or text.startswith(("/", "\\")) or \
+            ".." in parts or (len(text) > 1 and text[1] == ":"):
+        raise InputError(f"{what} {text!r} is not a plain name inside '{folder}'; refusing a path outside --data")
+    p = folder / text
+    try:
+        inside = p.parent.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        inside = False
+    if not inside:
+        raise InputError(f"{what} {text!r} leads outside '{folder}'; refusing a path outside --data")
+    return p
 
 
 def pixel_loss(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -117,5 +138,5 @@ def to_size(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 __all__ = ["IMAGE_SUFFIXES", "pixel_loss", "to_size", "Progress", "ShouldStop", "StageNotImplemented", "StageResult", "check_compatible",
-           "derived_seed", "find_style_images", "first_existing", "load_style_image", "style_dir",
+           "confined", "derived_seed", "find_style_images", "first_existing", "load_style_image", "style_dir",
            "tensor_fingerprint"]

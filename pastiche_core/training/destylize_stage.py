@@ -250,9 +250,9 @@ def _save_visualisation(path: Path, images: list[torch.Tensor]) -> None:
     for j, img in enumerate(images):
         canvas[:, j * (h + 1): j * (h + 1) + h] = _image_to_uint8(img)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(canvas).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    from ..atomic import atomic_write
+
+    atomic_write(path, lambda tmp: Image.fromarray(canvas).save(tmp, format="PNG"))
 
 
 def _destylize(finetuned, original, encoder, data: Path, out: Path, cfg: DestylizeConfig, vgg, id_loss,
@@ -453,10 +453,8 @@ def _destylize(finetuned, original, encoder, data: Path, out: Path, cfg: Destyli
     exstyle = StyleBank(names, [finished["exstyle"][nm] for nm in names], space="z+")
     instyle = StyleBank(names, [finished["instyle"][nm] for nm in names], space="z+")
     if ctx.is_main:
-        exstyle.save_npy(outputs[0])
-        instyle.save_npy(outputs[1])
-        exstyle.save(outputs[2])
-        instyle.save(outputs[3])
+        exstyle.save_pair(outputs[0], outputs[2])
+        instyle.save_pair(outputs[1], outputs[3])
     D.barrier(ctx)
     return StageResult(STAGE, done, total, False, ckpt, outputs, losses, notes,
                        {"instyle": instyle, "exstyle": exstyle})

@@ -288,12 +288,14 @@ class Finetune(_DualStage):
         stem = self.out / f"generator-{self.cfg.iters:06d}"
         files = save_generator_files(stem, "dualstylegan", self.g_ema.state_dict(), self.g_ema.config,
                                      safetensors=False)
-        files.append(link_or_copy(files[0], self.out / "generator.pt"))
         from ..checkpoints import save_generator_safetensors
+        from .files import link_into
 
+        # generator.pt (a link to the numbered file) and generator.safetensors as one pair
         save_generator_safetensors(self.out / "generator.safetensors", "dualstylegan", self.g_ema.state_dict(),
-                                   self.g_ema.config)
-        files.append(self.out / "generator.safetensors")
+                                   self.g_ema.config, twin=self.out / "generator.pt",
+                                   twin_write=lambda tmp: link_into(files[0], tmp))
+        files += [self.out / "generator.pt", self.out / "generator.safetensors"]
         return files
 
     @torch.no_grad()
@@ -396,9 +398,7 @@ def finetune_dualstylegan(checkpoints, data, out, vgg, id_loss, instyle: StyleBa
 
         find_style_images(folder, names)  # every bank entry has its image (clear error otherwise)
         images = ImageSet(folder, size)
-        order = [images.names.index(n) for n in names]
-        images.paths = [images.paths[k] for k in order]
-        images.data = images.data[order]
+        images.select(names)
         if len(images) < cfg.batch:
             raise InputError(f"fewer exemplars than the batch: {len(images)} style images, --batch {cfg.batch}")
         _prepare([g, g_ema, d, vgg, id_loss], ctx.device)

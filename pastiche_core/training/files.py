@@ -17,6 +17,8 @@ import torch
 
 from ..checkpoints import (_load_strict, build_generator, infer_stylegan2_config, is_dualstylegan_state,
                            is_stylegan2_state, safe_torch_load, save_generator_safetensors)
+from ..atomic import atomic_write
+from ..checkpoints import save_generator_safetensors
 from ..errors import CheckpointError
 from .checkpointing import atomic_torch_save
 
@@ -106,32 +108,32 @@ def stylegan2_size(state: Mapping[str, torch.Tensor], path: Path) -> int:
 
 def save_generator_files(stem: Path, kind: str, state: Mapping[str, torch.Tensor], config: dict,
                          safetensors: bool = True) -> list[Path]:
-    """``STEM.pt`` = ``{"g_ema": state}`` (official) and ``STEM.safetensors`` (ours), atomically."""
+    """``STEM.pt`` = ``{"g_ema": state}`` (official) and ``STEM.safetensors`` (ours), as one pair."""
     pt = stem.with_suffix(".pt")
-    atomic_torch_save({"g_ema": {k: v.detach().cpu() for k, v in state.items()}}, pt)
-    out = [pt]
-    if safetensors:
-        st = stem.with_suffix(".safetensors")
-        save_generator_safetensors(st, kind, state, config)
-        out.append(st)
-    return out
+    if not safetensors:
+        atomic_torch_save({"g_ema": {k: v.detach().cpu() for k, v in state.items()}}, pt)
+        return [pt]
+    st = stem.with_suffix(".safetensors")
+    save_generator_safetensors(st, kind, state, config, twin=pt)
+    return [pt, st]
+
+
+def link_into(src: Path, tmp: Path) -> None:
+    """Fill the temporary file ``tmp`` with ``src``: a hard link (no second copy on disk), else a copy."""
+    import shutil
+
+    try:
+        os.unlink(tmp)
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
 
 
 def link_or_copy(src: Path, dst: Path) -> Path:
-    """``dst`` as a hard link to ``src`` (a copy where links are not possible), replacing it."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
-
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    return dst
+    """``dst`` as a hard link to ``src`` (a copy where links are not possible), replacing it atomically."""
+    return atomic_write(dst, lambda tmp: link_into(src, tmp))
 
 
 __all__ = ["ENCODER", "PRETRAIN", "STYLEGAN_FFHQ", "discriminator_from_state", "find_file", "latest_numbered",
-           "link_or_copy", "read_training_file", "save_generator_files", "search_folders", "stylegan2_from_state",
+           "link_into", "link_or_copy", "read_training_file", "save_generator_files", "search_folders", "stylegan2_from_state",
            "stylegan2_size"]

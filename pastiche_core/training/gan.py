@@ -112,26 +112,24 @@ def list_images(folder: str | os.PathLike, what: str = "--data") -> list[Path]:
 
 
 class ImageSet:
-    """A folder of images held in memory as uint8 ``[N, 3, size, size]`` (Resize + CenterCrop).
+    """A folder of training images, streamed: an index of file paths built once, and only the
+    images of a batch decoded (Resize + CenterCrop to ``size``) when :meth:`batch` asks for them,
+    so memory stays one batch whatever the folder's size (FFHQ at 1024 px would need hundreds of
+    GB held in memory).
 
     ``batch(indices, flip)`` gives float images in [-1, 1] with the given samples mirrored
-    (the official ``RandomHorizontalFlip``). An image that cannot be read is an error naming it.
+    (the official ``RandomHorizontalFlip``). Every file's header is checked when the index is
+    built, so a file that is not an image is an error naming it before training; one that fails
+    to decode later is an error naming it too.
     """
 
     def __init__(self, folder: str | os.PathLike, size: int, what: str = "--data"):
-        from ..errors import PasticheError
-        from ..faces.io import load_image, resize_center_crop
-
+        self.folder = Path(folder)
         self.paths = list_images(folder, what)
         self.size = size
-        arrays = []
+        self.what = what
         for p in self.paths:
-            try:
-                rgb, _, _ = load_image(p)
-            except PasticheError as exc:
-                raise InputError(f"{what}: cannot use '{p.name}': {exc}") from None
-            arrays.append(resize_center_crop(rgb, size))
-        self.data = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+            _check_header(p, what)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -140,12 +138,43 @@ class ImageSet:
     def names(self) -> list[str]:
         return [p.name for p in self.paths]
 
+    def select(self, names: Sequence[str]) -> None:
+        """Keep the images of these file names, in this order (a bank's key order)."""
+        index = {p.name: p for p in self.paths}
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise InputError(f"{self.what}: {len(missing)} images are not in '{self.folder}' (e.g. {missing[0]})")
+        self.paths = [index[n] for n in names]
+
+    def load(self, i: int) -> torch.Tensor:
+        """Image ``i`` as uint8 ``[3, size, size]``, decoded now."""
+        from ..errors import PasticheError
+        from ..faces.io import load_image, resize_center_crop
+
+        p = self.paths[i]
+        try:
+            rgb, _, _ = load_image(p)
+        except PasticheError as exc:
+            raise InputError(f"{self.what}: cannot use '{p.name}': {exc}") from None
+        return torch.from_numpy(np.ascontiguousarray(resize_center_crop(rgb, self.size))).permute(2, 0, 1)
+
     def batch(self, indices: Sequence[int], flip: Sequence[bool] | torch.Tensor | None = None) -> torch.Tensor:
-        x = self.data[list(indices)].float().div(127.5).sub(1.0)
+        x = torch.stack([self.load(int(i)) for i in indices]).float().div(127.5).sub(1.0)
         if flip is not None:
             flip = torch.as_tensor(flip, dtype=torch.bool)
             x[flip] = x[flip].flip(-1)
         return x
+
+
+def _check_header(path: Path, what: str) -> None:
+    """Is ``path`` an image PIL can open? Reads the header only, not the pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{what}: cannot use '{path.name}': not a readable image ({exc.__class__.__name__})") from None
 
 
 class Epochs:

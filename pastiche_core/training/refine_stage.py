@@ -303,8 +303,7 @@ def _refine(generator, exstyle: StyleBank, instyle: StyleBank | None, data: Path
     outputs = [out / BANK_NPY, out / BANK_SAFETENSORS]
     bank = StyleBank(names, [finished[nm] for nm in names], space="z+")
     if ctx.is_main:
-        bank.save_npy(outputs[0])
-        bank.save(outputs[1])
+        bank.save_pair(outputs[0], outputs[1])
     D.barrier(ctx)
     return StageResult(STAGE, done, total, False, ckpt, outputs, losses, notes, {"bank": bank})
 

@@ -108,23 +108,87 @@ def check_faces(folder: str | os.PathLike, what: str) -> list[str]:
     return missing
 
 
+def stage_outputs(stage: str, options: Mapping) -> list[str]:
+    """The file names a stage writes into its output folder (besides ``train_state/``)."""
+    iters = _opt(options, stage, "iters")
+    n = f"{int(iters):06d}" if iters is not None else None
+    names = {"finetune-stylegan": [f"finetune-{n}.pt", f"finetune-{n}.safetensors"],
+             "destylize": ["exstyle_code.npy", "instyle_code.npy", "exstyle_code.safetensors",
+                           "instyle_code.safetensors"],
+             "pretrain": ["generator-pretrain.pt", f"generator-pretrain-{n}.pt"],
+             "finetune": ["generator.pt", "generator.safetensors", f"generator-{n}.pt"],
+             "refine-exstyle": ["refined_exstyle_code.npy", "refined_exstyle_code.safetensors"],
+             "sampler": ["sampler.pt", "sampler.safetensors"]}[stage]
+    return [x for x in names if "None" not in x]
+
+
+def _check_out(out: Path) -> None:
+    """The output folder can be made and written, checked before any work."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output folder '{out}' exists and is not a folder")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"output folder '{out}' cannot be written ('{probe}' is not a writable folder)")
+
+
+def _check_inputs_not_outputs(stage: str, out: Path, options: Mapping) -> None:
+    """An input file given explicitly (--start, --bank, --instyle) must not be one the stage
+    writes: the run would replace the input it started from."""
+    from ..atomic import check_output
+
+    given = [options.get(k) for k in ("start", "bank", "instyle") if options.get(k)]
+    if not given:
+        return
+    from .checkpointing import state_path
+
+    for name in [*stage_outputs(stage, options), str(state_path(out, stage).relative_to(out))]:
+        target = out / name
+        if target.parent.is_dir():
+            check_output(target, given, what=f"{stage} output", option="--out (or another input file)")
+
+
 def run_stage(stage: str, *, checkpoints: str | os.PathLike, out: str | os.PathLike, data: str | os.PathLike | None = None,
               style: str | None = None, options: Mapping | None = None, seed: int = 0, resume: bool = False,
               device: str = "cpu", loss_models: Sequence[str | os.PathLike] = (), save_every: int | None = None,
-              progress: Progress | None = None, should_stop: ShouldStop | None = None) -> StageResult:
+              progress: Progress | None = None, should_stop: ShouldStop | None = None,
+              overwrite: bool = False) -> StageResult:
     """Run one training stage (see the module doc). ``options``: ``iters``, ``batch``, ``lr``,
     ``size`` and stage settings (:data:`DEFAULTS`; ``augment``, ``r1``, ``mixing``,
     ``sample_every``, ``start`` (the starting checkpoint), ``bank``, ``instyle``, ``loss``,
-    ``face_check`` (default True: warn about training images without a detectable face)...)."""
+    ``face_check`` (default True: warn about training images without a detectable face)...).
+
+    Nothing is lost: the run holds ``out``'s training lock (a second run on the same folder is
+    refused), and a fresh run (no ``resume``) over an existing state of the stage is refused
+    unless ``overwrite`` -- that state may be a finished run whose outputs it would replace."""
     if stage not in STAGES:
         raise InputError(f"unknown training stage {stage!r}; stages: {', '.join(STAGES)}")
     options = dict(options or {})
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output folder '{out}' exists and is not a folder")
+    _check_out(out)
     for key in ("iters", "batch"):
         if options.get(key) is not None and int(options[key]) < 1:
             raise InputError(f"--{key} must be at least 1, got {options[key]}")
+    _check_inputs_not_outputs(stage, out, options)
+    from ..atomic import remove_dead_temps
+    from .checkpointing import state_path
+    from .lock import run_lock
+
+    with run_lock(out, stage):
+        state = state_path(out, stage)
+        if not resume and not overwrite and state.is_file():
+            raise InputError(f"'{out}' already has a training state of stage {stage} ({state}): add --resume to "
+                             f"continue it, or --force to start afresh and replace it and the stage's outputs")
+        for folder in (out, state.parent):  # leftovers of a writer that died; a live one's files stay
+            remove_dead_temps(folder)
+        return _run_stage(stage, checkpoints=checkpoints, out=out, data=data, style=style, options=options,
+                          seed=seed, resume=resume, device=device, loss_models=loss_models,
+                          save_every=save_every, progress=progress, should_stop=should_stop)
+
+
+def _run_stage(stage: str, *, checkpoints, out: Path, data, style, options: dict, seed: int, resume: bool,
+               device: str, loss_models, save_every, progress, should_stop) -> StageResult:
     folders = search_folders(out, checkpoints, style)
     net_folders = [*loss_models, *folders]
     if stage in ("finetune-stylegan", "destylize", "pretrain", "finetune", "refine-exstyle") and not data:
@@ -275,4 +339,4 @@ def run_stage(stage: str, *, checkpoints: str | os.PathLike, out: str | os.PathL
     return result
 
 
-__all__ = ["DEFAULTS", "GAN_STAGES", "STAGES", "run_stage"]
+__all__ = ["DEFAULTS", "GAN_STAGES", "STAGES", "run_stage", "stage_outputs"]

@@ -39,7 +39,7 @@ from torch import nn
 from ..errors import InputError
 from ..models.sampler import ICPNet, StyleSampler, load_sampler_safetensors, save_sampler_safetensors
 from . import distributed as D
-from .checkpointing import apply_state, atomic_torch_save, load_state, make_state, save_state, state_path
+from .checkpointing import apply_state, load_state, make_state, save_state, state_path
 from .common import Progress, ShouldStop, StageResult, check_compatible, derived_seed, tensor_fingerprint
 
 STAGE = "sampler"
@@ -266,11 +266,7 @@ def _train(bank, out: Path, cfg: SamplerConfig, ctx: D.DistContext, resume: bool
     checkpoint(None, finished=True)
     model.eval().requires_grad_(False)
     if ctx.is_main:
-        def official(net: ICPNet) -> dict:  # float32 CPU, as train_sampler.py writes it
-            return {k: (v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu())
-                    for k, v in net.state_dict().items()}
-        atomic_torch_save({"color": official(model.color), "structure": official(model.structure)}, outputs[0])
-        save_sampler_safetensors(outputs[1], model)
+        save_sampler_safetensors(outputs[1], model, twin=outputs[0])  # sampler.pt + .safetensors, one pair
     D.barrier(ctx)
     notes = [f"{n_bank} styles x {reps} = {n} training codes, batch {cfg.batch}, {batch_n} steps per epoch, "
              f"{steps_per_net} steps per net (official default {max(1, epochs_official) * batch_n})"]
