@@ -178,12 +178,11 @@ def _preview_image(reporter: _Reporter, out: Path, stage: str):
     if reporter.preview is not None:
         return model_output_to_image(reporter.preview)
     if stage == "destylize":
-        from PIL import Image
-
-        import numpy as np
+        from pastiche_core.faces.io import load_image
 
         files = sorted((out / "destylization").glob("*.png"))[:4] if (out / "destylization").is_dir() else []
-        arrays = [np.asarray(Image.open(p).convert("RGB")) for p in files]
+        # Through the one image reader, so its format list and pixel limit hold here too.
+        arrays = [load_image(p, min_side=1)[0] for p in files]
         if arrays and len({a.shape for a in arrays}) == 1:
             return uint8_to_image(arrays)
     return torch.zeros(1, 64, 64, 3)
