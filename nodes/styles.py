@@ -7,7 +7,7 @@ import re
 
 from comfy_api.latest import io
 
-from .common import CATEGORY, PasticheNodeError, Progress, check_image, image_to_uint8
+from .common import CATEGORY, PasticheNodeError, Progress, check_image, image_to_uint8, node_errors, user_error
 from .models import DualStyleGANBundle, find_styles
 from .types import DualStyleGANModel, DualStyleGANStyle, DualStyleGANWeights, LayerWeights, StyleCodes
 
@@ -76,6 +76,7 @@ class EncodeExemplarStyle(io.ComfyNode):
         )
 
     @classmethod
+    @node_errors("Exemplar Style")
     def execute(cls, model, style: str = BY_INDEX, index: int = 0, exemplar=None,
                 align_exemplar: bool = False) -> io.NodeOutput:
         import torch
@@ -98,7 +99,7 @@ class EncodeExemplarStyle(io.ComfyNode):
                         rgb = align_faces(rgb, size=256, what=f"exemplar {i + 1}")[0].image
                     codes.append(model.exemplar_code(rgb).float().cpu())
                 except PasticheError as exc:
-                    raise PasticheNodeError(f"exemplar {i + 1}: {exc}") from None
+                    raise user_error(exc, f"exemplar {i + 1}") from None
                 names.append(f"exemplar {i + 1}")
                 progress.step()
             return io.NodeOutput(StyleCodes(torch.cat(codes), names, "exemplar", model.style))
@@ -116,7 +117,7 @@ class EncodeExemplarStyle(io.ComfyNode):
         try:
             code, name = model.pipeline.style_code(key)
         except PasticheError as exc:
-            raise PasticheNodeError(f"style '{style}': {exc}") from None
+            raise user_error(exc, f"style '{style}'") from None
         return io.NodeOutput(StyleCodes(code.float().cpu().reshape(1, *code.shape[-2:]), [name], "bank", model.style))
 
 
@@ -141,6 +142,7 @@ class SampleRandomStyle(io.ComfyNode):
         )
 
     @classmethod
+    @node_errors("Sample Random Style")
     def execute(cls, model, count: int = 4, seed: int = 0, fix_structure: bool = False,
                 fix_color: bool = False) -> io.NodeOutput:
         import torch
@@ -158,7 +160,7 @@ class SampleRandomStyle(io.ComfyNode):
             codes = sampler.sample(n, gen, fix_structure=bool(fix_structure) or None,
                                    fix_color=bool(fix_color) or None)[: int(count)]
         except PasticheError as exc:
-            raise PasticheNodeError(f"Sample Random Style: {exc}") from None
+            raise user_error(exc, "Sample Random Style") from None
         if codes.shape[1] != model.n_latent:
             raise PasticheNodeError(f"the sampler makes {codes.shape[1]}-row codes, the generator needs {model.n_latent}")
         progress.step()
@@ -185,6 +187,7 @@ class InterpolateStyles(io.ComfyNode):
         )
 
     @classmethod
+    @node_errors("Interpolate Styles")
     def execute(cls, style_a, style_b, t: float = 0.5, steps: int = 1) -> io.NodeOutput:
         import torch
         from pastiche_core.styles import interpolate
@@ -266,6 +269,7 @@ class MixStyleLayers(io.ComfyNode):
         )
 
     @classmethod
+    @node_errors("Mix Style Layers")
     def execute(cls, preset: str = CUSTOM, structure_weight: float = 0.75, color_weight: float = 1.0,
                 preserve_color: bool = False, layer_weights: str = "") -> io.NodeOutput:
         from pastiche_core.styles import layer_weight_preset
@@ -279,7 +283,7 @@ class MixStyleLayers(io.ComfyNode):
             try:
                 w, label = tuple(layer_weight_preset(preset, 18)), preset
             except Exception as exc:
-                raise PasticheNodeError(str(exc)) from None
+                raise user_error(exc, f"preset '{preset}'") from None
         else:
             w = _weights(structure_weight, color_weight)
             label = f"s{float(structure_weight):g} c{float(color_weight):g}"
@@ -305,6 +309,7 @@ class StyleWeightGrid(io.ComfyNode):
         )
 
     @classmethod
+    @node_errors("Style Weight Grid")
     def execute(cls, structure_values: str, color_values: str, preserve_color: bool = False) -> io.NodeOutput:
         ss, cs = parse_values(structure_values, "structure_values"), parse_values(color_values, "color_values")
         if not ss or not cs:

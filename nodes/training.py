@@ -19,7 +19,8 @@ from pathlib import Path
 
 from comfy_api.latest import io
 
-from .common import CATEGORY, PasticheNodeError, check_image, image_to_uint8, model_roots
+from .common import (CATEGORY, PasticheNodeError, check_image, image_to_uint8, model_roots, node_errors,
+                     user_error)
 from .styles import _check_model
 from .types import DualStyleGANModel
 
@@ -54,8 +55,8 @@ LR_TIP = ("Learning rate; 0 = the official default: 0.002 for the GAN stages (fi
           "always uses its official schedule.")
 
 
-def _wrap(exc: BaseException, stage: str) -> PasticheNodeError:
-    return PasticheNodeError(f"Fine-Tune Stage ({stage}): {exc}")
+def _wrap(exc: BaseException, stage: str) -> BaseException:
+    return user_error(exc, f"Fine-Tune Stage ({stage})")
 
 
 def check_save_name(save_name) -> str:
@@ -272,6 +273,7 @@ class FineTuneStage(io.ComfyNode):
         )
 
     @classmethod
+    @node_errors("Fine-Tune Stage (training)")
     def execute(cls, model, stage: str = DEFAULT_STAGE, images=None, iterations: int = 0, batch_size: int = 0,
                 learning_rate: float = 0.0, style_loss: float = 0.25, contextual_loss: float = 0.25,
                 perceptual_loss: float = 1.0, identity_loss: float = 1.0, l2_reg_loss: float = 0.015,
