@@ -151,11 +151,34 @@ def check_image_header(
         with _open(p, limit, formats) as im:
             return str(im.format), im.size
     except UnidentifiedImageError:
-        raise ImageLoadError(f"image {_describe(p)} is not a {'/'.join(formats)} image") from None
+        raise _unidentified(p, formats) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         if isinstance(exc, ImageLoadError):
             raise
         raise ImageLoadError(f"image {_describe(p)} is corrupt or unreadable ({_first_line(exc)})") from None
+
+
+_SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF",
+    b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"BM": "BMP",
+}
+
+
+def _unidentified(p: Path, formats: tuple[str, ...] = ALLOWED_FORMATS) -> ImageLoadError:
+    """Pillow identified no allowed format: a photo format with a broken header, or another
+    kind of file altogether (the message says which, from the first bytes)."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        head = b""
+    kind = next((f for sig, f in _SIGNATURES.items() if head.startswith(sig)), None)
+    if kind is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = "WEBP"
+    if kind is not None and kind in formats:
+        return ImageLoadError(f"image {_describe(p)} is a corrupt {kind} file (its header cannot be read)")
+    names = ", ".join(_FORMAT_NAMES) if formats == ALLOWED_FORMATS else "/".join(formats)
+    return ImageLoadError(f"image {_describe(p)} is not an image in an accepted format ({names})")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -185,13 +208,13 @@ def load_image(
     """
     p = Path(path)
     limit = pixel_limit(max_pixels)
-    if not p.exists():
-        raise ImageLoadError(f"image {_describe(p)} does not exist")
-    if p.is_dir():
-        raise ImageLoadError(f"image {_describe(p)} is a folder, not an image file")
     try:
+        if not p.exists():
+            raise ImageLoadError(f"image {_describe(p)} does not exist")
+        if p.is_dir():
+            raise ImageLoadError(f"image {_describe(p)} is a folder, not an image file")
         nbytes = p.stat().st_size
-    except OSError as exc:
+    except OSError as exc:  # a name too long, a path through a file, ...
         raise ImageLoadError(f"image {_describe(p)} cannot be read: {exc.strerror or exc}") from None
     if nbytes == 0:
         raise ImageLoadError(f"image {_describe(p)} is an empty file (0 bytes)")
@@ -216,9 +239,7 @@ def load_image(
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(
-            f"image {_describe(p)} is not an image in an accepted format ({', '.join(_FORMAT_NAMES)})"
-        ) from None
+        raise _unidentified(p) from None
     except PermissionError:
         raise ImageLoadError(f"image {_describe(p)} cannot be read: permission denied") from None
     except MemoryError:
@@ -368,7 +389,10 @@ def save_image(
         for key, value in text.items():
             kwargs["pnginfo"].add_text(key, value)
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise InputError(f"output '{p}' could not be written: {exc.strerror or exc}") from None
     try:
         try:
             mode = (p.stat().st_mode & 0o777) if p.exists() else 0o644
