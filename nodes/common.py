@@ -144,15 +144,16 @@ def user_error(exc: BaseException, context: str) -> BaseException:
     must pass through: ComfyUI's interruption and out-of-memory exceptions, KeyboardInterrupt
     and friends, and, when ``PASTICHE_DEBUG=1``, anything that is not a Pastiche error (a bug:
     ComfyUI then shows its traceback)."""
-    from pastiche_core.errors import MAX_MESSAGE, PasticheError, debug_enabled, describe_exception, one_line
+    from pastiche_core.errors import MAX_OWN_MESSAGE, PasticheError, debug_enabled, describe_exception, one_line
 
     if not isinstance(exc, Exception) or isinstance(exc, _host_exceptions()):
         return exc
     if isinstance(exc, PasticheNodeError):
-        return exc if len(str(exc)) <= MAX_MESSAGE and "\n" not in str(exc) else PasticheNodeError(one_line(exc))
+        text = str(exc)
+        return exc if len(text) <= MAX_OWN_MESSAGE and "\n" not in text else PasticheNodeError(one_line(text, MAX_OWN_MESSAGE))
     if debug_enabled() and not isinstance(exc, PasticheError):
         return exc
-    return PasticheNodeError(one_line(f"{context}: {describe_exception(exc)}"))
+    return PasticheNodeError(one_line(f"{context}: {describe_exception(exc)}", MAX_OWN_MESSAGE))
 
 
 _F = TypeVar("_F", bound=Callable)

@@ -1,7 +1,8 @@
 """User-facing errors: each names the input and what was expected, never a torch traceback.
 
 :func:`describe_exception` is the one wording of *any* exception for a user (the CLI's
-``error:`` line, a ComfyUI node's message): one line, at most :data:`MAX_MESSAGE` characters.
+``error:`` line, a ComfyUI node's message): one line, at most :data:`MAX_MESSAGE` characters
+(:data:`MAX_OWN_MESSAGE` for our own :class:`PasticheError` wording).
 ``PASTICHE_DEBUG=1`` makes both boundaries re-raise the unexpected ones (anything but a
 :class:`PasticheError`: a bug) instead, with the traceback.
 """
@@ -9,9 +10,12 @@ from __future__ import annotations
 
 import os
 
-#: Longest message shown: a crafted file name or a library's error dump must not flood the
-#: terminal or the node's error box.
+#: Longest text shown from an exception we do not word ourselves: a library's error dump or
+#: a crafted file name quoted in it must not flood the terminal or the node's error box.
 MAX_MESSAGE = 300
+#: Our own messages are written to be read whole (a missing file may name where to put it and
+#: where to get it); they are still one line and bounded.
+MAX_OWN_MESSAGE = 1000
 DEBUG_ENV = "PASTICHE_DEBUG"
 
 
@@ -51,7 +55,7 @@ def describe_exception(exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
     if isinstance(exc, PasticheError):
-        return one_line(text or type(exc).__name__)
+        return one_line(text or type(exc).__name__, MAX_OWN_MESSAGE)
     if isinstance(exc, MemoryError) or any(w in first.lower() for w in _OOM_WORDS):
         detail = f" ({first})" if first else ""
         return one_line(f"out of memory{detail}: try a smaller image or batch, or a device with more memory")

@@ -30,7 +30,7 @@ EXEMPLAR = FIX / "images" / "exemplar_cartoon_256.jpg"
 SEED = 20261201
 MEMORY_LIMIT = 6 << 30  # address space of the child: torch + dlib + the models fit with room to spare
 HANG_GUARD_S = 1800  # only catches a hang; a normal run takes a small fraction of this
-MAX_ERROR_CHARS = 320  # "error: " + the ~300-character message cap
+MAX_ERROR_CHARS = 1010  # "error: " + the cap on messages (pastiche_core.errors.MAX_OWN_MESSAGE)
 
 
 # ------------------------------------------------------------------------------------------

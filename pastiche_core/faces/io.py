@@ -75,7 +75,10 @@ class ImageLoadError(InputError):
 
 
 def _describe(path: Path) -> str:
-    return f"'{path}'"
+    # A path can be as long as the OS allows (or crafted to be): keep both ends, which say
+    # where and which file.
+    s = str(path)
+    return f"'{s}'" if len(s) <= 160 else f"'{s[:60]}...{s[-90:]}'"
 
 
 def pixel_limit(value: int | None = None) -> int:
@@ -392,7 +395,7 @@ def save_image(
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise InputError(f"output '{p}' could not be written: {exc.strerror or exc}") from None
+        raise InputError(f"output {_describe(p)} could not be written: {exc.strerror or exc}") from None
     try:
         try:
             mode = (p.stat().st_mode & 0o777) if p.exists() else 0o644
@@ -410,6 +413,6 @@ def save_image(
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise InputError(f"output '{p}' could not be written: {exc.strerror or exc}") from None
+            raise InputError(f"output {_describe(p)} could not be written: {exc.strerror or exc}") from None
         raise
     return p
