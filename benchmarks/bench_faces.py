@@ -2,7 +2,8 @@
 
     python benchmarks/bench_faces.py                 # the test fixtures' photos
     python benchmarks/bench_faces.py a.jpg b.png     # your photos
-    python benchmarks/bench_faces.py --huge          # also a generated 6000x4000 photo
+    python benchmarks/bench_faces.py --huge          # also a generated 6000x4000 photo (target: < 15 s
+                                                     # to align; the official full-size HOG takes ~18 s)
     python benchmarks/bench_faces.py --repeat 3 --size 1024
 
 Times are wall-clock seconds, best of --repeat, on a warm detector (model loading is shown

@@ -2,8 +2,10 @@
 interruption, and error wording. Nothing here imports torch at module level."""
 from __future__ import annotations
 
+import functools
 import os
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -116,6 +118,62 @@ class Progress:
         self.check()
 
 
-def user_error(exc: BaseException, context: str) -> PasticheNodeError:
-    """A Pastiche library error -> a node error with context (keeps the library's wording)."""
-    return PasticheNodeError(f"{context}: {exc}")
+# --------------------------------------------------------------------------------------------
+# Errors: the one place where an exception becomes what the user sees
+# --------------------------------------------------------------------------------------------
+def _host_exceptions() -> tuple[type, ...]:
+    """ComfyUI's Stop and out-of-memory exceptions: the executor handles those itself (it
+    cancels the queue, or frees models and reports OOM), so they must reach it unchanged."""
+    kinds: list = []
+    try:
+        import comfy.model_management as mm
+
+        kinds.append(getattr(mm, "InterruptProcessingException", None))
+        kinds.append(getattr(mm, "OOM_EXCEPTION", None))
+    except Exception:  # outside ComfyUI (library use, tests)
+        pass
+    torch = sys.modules.get("torch")
+    kinds.append(getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None))
+    # ComfyUI falls back to OOM_EXCEPTION = Exception on old torch: that would let everything through.
+    return tuple(k for k in kinds if isinstance(k, type) and k not in (Exception, BaseException))
+
+
+def user_error(exc: BaseException, context: str) -> BaseException:
+    """What a node raises for ``exc``: a :class:`PasticheNodeError` of one short line that
+    starts with ``context`` (a library error keeps its wording), or ``exc`` itself for what
+    must pass through: ComfyUI's interruption and out-of-memory exceptions, KeyboardInterrupt
+    and friends, and, when ``PASTICHE_DEBUG=1``, anything that is not a Pastiche error (a bug:
+    ComfyUI then shows its traceback)."""
+    from pastiche_core.errors import MAX_OWN_MESSAGE, PasticheError, debug_enabled, describe_exception, one_line
+
+    if not isinstance(exc, Exception) or isinstance(exc, _host_exceptions()):
+        return exc
+    if isinstance(exc, PasticheNodeError):
+        text = str(exc)
+        return exc if len(text) <= MAX_OWN_MESSAGE and "\n" not in text else PasticheNodeError(one_line(text, MAX_OWN_MESSAGE))
+    if debug_enabled() and not isinstance(exc, PasticheError):
+        return exc
+    return PasticheNodeError(one_line(f"{context}: {describe_exception(exc)}", MAX_OWN_MESSAGE))
+
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def node_errors(context: str) -> Callable[[_F], _F]:
+    """Decorator for a node's ``execute`` (under ``@classmethod``): any exception that escapes
+    becomes :func:`user_error`'s, so the node shows one line, never a traceback."""
+
+    def decorate(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def execute(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as exc:
+                mapped = user_error(exc, context)
+                if mapped is exc:
+                    raise
+                raise mapped from None
+
+        return execute  # type: ignore[return-value]
+
+    return decorate

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .common import CATEGORY, PasticheNodeError, Progress, check_image, image_to_uint8, uint8_to_image
+from .common import (CATEGORY, PasticheNodeError, Progress, check_image, image_to_uint8, node_errors,
+                     uint8_to_image, user_error)
 from .types import FaceInfo, PasticheFaces
 
 FACE_MODES = ["largest", "index", "all"]
@@ -51,6 +52,7 @@ class AlignFace(io.ComfyNode):
         )
 
     @classmethod
+    @node_errors("Align Face (FFHQ)")
     def execute(cls, image, detector: str = "dlib", face: str = "largest", index: int = 0, size: int = 256,
                 skip_missing: bool = False) -> io.NodeOutput:
         from pastiche_core.errors import PasticheError
@@ -75,7 +77,7 @@ class AlignFace(io.ComfyNode):
                 raise PasticheNodeError(f"No face found in {what} ({w}x{h}): {exc}. Try another detector, a larger "
                                         f"or more frontal photo, or turn on skip_missing.") from None
             except PasticheError as exc:
-                raise PasticheNodeError(f"Align Face, {what}: {exc}") from None
+                raise user_error(exc, f"Align Face, {what}") from None
             for af in aligned:
                 crops.append(af.image)
                 faces.append((b, af))
@@ -109,6 +111,7 @@ class PasteFaceBack(io.ComfyNode):
         )
 
     @classmethod
+    @node_errors("Paste Face Back")
     def execute(cls, image, faces, face_info: FaceInfo, feather: float = 0.03, mask: str = "ellipse") -> io.NodeOutput:
         from pastiche_core.errors import PasticheError
         from pastiche_core.faces.paste import paste_faces
@@ -137,7 +140,7 @@ class PasteFaceBack(io.ComfyNode):
                     rgb = paste_faces(rgb, [crops[i] for i in idx], [face_info.faces[i][1] for i in idx],
                                       mask=mask, feather=float(feather), value_range=(0.0, 1.0))
                 except PasticheError as exc:
-                    raise PasticheNodeError(f"Paste Face Back, image {b + 1}: {exc}") from None
+                    raise user_error(exc, f"Paste Face Back, image {b + 1}") from None
             out.append(rgb)
             progress.step()
         return io.NodeOutput(uint8_to_image(out))

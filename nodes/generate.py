@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .common import (CATEGORY, PasticheNodeError, Progress, check_image, image_to_model_input,
-                     model_output_to_image)
+                     model_output_to_image, node_errors, user_error)
 from .styles import _check_model
 from .types import DualStyleGANModel, DualStyleGANStyle, DualStyleGANWeights, LayerWeights, StyleCodes
 
@@ -69,6 +69,7 @@ class DualStyleGANGenerate(io.ComfyNode):
         )
 
     @classmethod
+    @node_errors("DualStyleGAN Generate")
     def execute(cls, model, faces, style, weights=None, wplus: bool = False, truncation: float = 0.75,
                 noise: str = "stored", seed: int = 0) -> io.NodeOutput:
         import torch
@@ -119,7 +120,7 @@ class DualStyleGANGenerate(io.ComfyNode):
                 out.append(model_output_to_image(image))
                 progress.step()
         except PasticheError as exc:
-            raise PasticheNodeError(f"DualStyleGAN Generate: {exc}") from None
+            raise user_error(exc, "DualStyleGAN Generate") from None
         images = torch.cat(out)
         if model.demo:  # never let a demo-weight image pass for a real stylisation
             images = stamp_demo(images)
@@ -153,6 +154,7 @@ class ImageGrid(io.ComfyNode):
         )
 
     @classmethod
+    @node_errors("Image Grid")
     def execute(cls, images, columns: int = 3, padding: int = 4, background: float = 1.0) -> io.NodeOutput:
         import torch
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from comfy_api.latest import io
 
-from .common import CATEGORY, MODEL_FOLDER, PasticheNodeError, model_roots
+from .common import CATEGORY, MODEL_FOLDER, PasticheNodeError, model_roots, node_errors, user_error
 from .types import DualStyleGANModel
 
 log = logging.getLogger("pastiche")
@@ -196,7 +196,7 @@ def load_bundle(style: str, precision: str = "auto", *, root: Path | None = None
         bundle.encoder("z+")
         bundle.bank  # noqa: B018
     except PasticheError as exc:
-        raise PasticheNodeError(f"cannot load DualStyleGAN style '{style}': {exc}") from None
+        raise user_error(exc, f"cannot load DualStyleGAN style '{style}'") from None
     _CACHE.clear()  # keep one bundle: ComfyUI's cache holds the node output anyway
     _CACHE[key] = bundle
     return bundle
@@ -239,5 +239,6 @@ class LoadDualStyleGAN(io.ComfyNode):
         return (str(root), style, _files_stamp(root, style))
 
     @classmethod
+    @node_errors("Load DualStyleGAN")
     def execute(cls, style: str, precision: str = "auto") -> io.NodeOutput:
         return io.NodeOutput(load_bundle(style, precision))

@@ -7,7 +7,7 @@ import re
 
 from comfy_api.latest import io
 
-from .common import CATEGORY, PasticheNodeError, Progress, check_image, image_to_uint8
+from .common import CATEGORY, PasticheNodeError, Progress, check_image, image_to_uint8, node_errors, user_error
 from .models import DualStyleGANBundle, find_styles
 from .types import DualStyleGANModel, DualStyleGANStyle, DualStyleGANWeights, LayerWeights, StyleCodes
 
@@ -81,6 +81,7 @@ class EncodeExemplarStyle(io.ComfyNode):
         )
 
     @classmethod
+    @node_errors("Exemplar Style")
     def execute(cls, model, style: str = BY_INDEX, index: int = 0, exemplar=None,
                 align_exemplar: bool = False) -> io.NodeOutput:
         import torch
@@ -103,7 +104,7 @@ class EncodeExemplarStyle(io.ComfyNode):
                         rgb = align_faces(rgb, size=256, what=f"exemplar {i + 1}")[0].image
                     codes.append(model.exemplar_code(rgb).float().cpu())
                 except PasticheError as exc:
-                    raise PasticheNodeError(f"exemplar {i + 1}: {exc}") from None
+                    raise user_error(exc, f"exemplar {i + 1}") from None
                 names.append(f"exemplar {i + 1}")
                 progress.step()
             return io.NodeOutput(StyleCodes(torch.cat(codes), names, "exemplar", model.style))
@@ -121,7 +122,7 @@ class EncodeExemplarStyle(io.ComfyNode):
         try:
             code, name = model.pipeline.style_code(key)
         except PasticheError as exc:
-            raise PasticheNodeError(f"style '{style}': {exc}") from None
+            raise user_error(exc, f"style '{style}'") from None
         return io.NodeOutput(StyleCodes(code.float().cpu().reshape(1, *code.shape[-2:]), [name], "bank", model.style))
 
 
@@ -150,6 +151,7 @@ class SampleRandomStyle(io.ComfyNode):
         )
 
     @classmethod
+    @node_errors("Sample Random Style")
     def execute(cls, model, count: int = 4, seed: int = 0, fix_structure: bool = False,
                 fix_color: bool = False) -> io.NodeOutput:
         import torch
@@ -167,7 +169,7 @@ class SampleRandomStyle(io.ComfyNode):
             codes = sampler.sample(n, gen, fix_structure=bool(fix_structure) or None,
                                    fix_color=bool(fix_color) or None)[: int(count)]
         except PasticheError as exc:
-            raise PasticheNodeError(f"Sample Random Style: {exc}") from None
+            raise user_error(exc, "Sample Random Style") from None
         if codes.shape[1] != model.n_latent:
             raise PasticheNodeError(f"the sampler makes {codes.shape[1]}-row codes, the generator needs {model.n_latent}")
         progress.step()
@@ -194,6 +196,7 @@ class InterpolateStyles(io.ComfyNode):
         )
 
     @classmethod
+    @node_errors("Interpolate Styles")
     def execute(cls, style_a, style_b, t: float = 0.5, steps: int = 1) -> io.NodeOutput:
         import torch
         from pastiche_core.styles import interpolate
@@ -312,6 +315,7 @@ class MixStyleLayers(io.ComfyNode):
         return _validation(check_layer_weights, layer_weights)
 
     @classmethod
+    @node_errors("Mix Style Layers")
     def execute(cls, preset: str = CUSTOM, structure_weight: float = 0.75, color_weight: float = 1.0,
                 preserve_color: bool = False, layer_weights: str = "") -> io.NodeOutput:
         from pastiche_core.styles import layer_weight_preset
@@ -323,7 +327,7 @@ class MixStyleLayers(io.ComfyNode):
             try:
                 w, label = tuple(layer_weight_preset(preset, 18)), preset
             except Exception as exc:
-                raise PasticheNodeError(str(exc)) from None
+                raise user_error(exc, f"preset '{preset}'") from None
         else:
             w = _weights(structure_weight, color_weight)
             label = f"s{float(structure_weight):g} c{float(color_weight):g}"
@@ -354,6 +358,7 @@ class StyleWeightGrid(io.ComfyNode):
         return _validation(check_grid, structure_values, color_values)
 
     @classmethod
+    @node_errors("Style Weight Grid")
     def execute(cls, structure_values: str, color_values: str, preserve_color: bool = False) -> io.NodeOutput:
         ss, cs = check_grid(structure_values, color_values)
         sets = [_weights(s, c) for s in ss for c in cs]

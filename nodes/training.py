@@ -22,7 +22,8 @@ from pathlib import Path
 
 from comfy_api.latest import io
 
-from .common import CATEGORY, PasticheNodeError, check_image, image_to_uint8, model_roots
+from .common import (CATEGORY, PasticheNodeError, check_image, image_to_uint8, model_roots, node_errors,
+                     user_error)
 from .styles import _check_model
 from .types import DualStyleGANModel
 
@@ -57,8 +58,8 @@ LR_TIP = ("Learning rate; 0 = the official default: 0.002 for the GAN stages (fi
           "always uses its official schedule.")
 
 
-def _wrap(exc: BaseException, stage: str) -> PasticheNodeError:
-    return PasticheNodeError(f"Fine-Tune Stage ({stage}): {exc}")
+def _wrap(exc: BaseException, stage: str) -> BaseException:
+    return user_error(exc, f"Fine-Tune Stage ({stage})")
 
 
 def check_save_name(save_name) -> str:
@@ -199,12 +200,11 @@ def _preview_image(reporter: _Reporter, out: Path, stage: str):
     if reporter.preview is not None:
         return model_output_to_image(reporter.preview)
     if stage == "destylize":
-        from PIL import Image
-
-        import numpy as np
+        from pastiche_core.faces.io import load_image
 
         files = sorted((out / "destylization").glob("*.png"))[:4] if (out / "destylization").is_dir() else []
-        arrays = [np.asarray(Image.open(p).convert("RGB")) for p in files]
+        # Through the one image reader, so its format list and pixel limit hold here too.
+        arrays = [load_image(p, min_side=1)[0] for p in files]
         if arrays and len({a.shape for a in arrays}) == 1:
             return uint8_to_image(arrays)
     return torch.zeros(1, 64, 64, 3)
@@ -349,6 +349,7 @@ class FineTuneStage(io.ComfyNode):
         return tuple(stamp)
 
     @classmethod
+    @node_errors("Fine-Tune Stage (training)")
     def execute(cls, model, stage: str = DEFAULT_STAGE, images=None, iterations: int = 0, batch_size: int = 0,
                 learning_rate: float = 0.0, style_loss: float = 0.25, contextual_loss: float = 0.25,
                 perceptual_loss: float = 1.0, identity_loss: float = 1.0, l2_reg_loss: float = 0.015,

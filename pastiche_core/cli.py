@@ -1,7 +1,8 @@
 """``python -m pastiche_core COMMAND ...``: the command-line face of the library.
 
-Every command prints ``error: <one line>`` and exits with status 2 on bad input (never a
-traceback), and writes outputs atomically (no half-written file on failure).
+Every command prints ``error: <one line>`` and exits with status 2 on any failure (never a
+traceback; ``PASTICHE_DEBUG=1`` shows it for unexpected errors), and writes outputs atomically (no half-written file
+on failure). Ctrl-C prints ``error: interrupted`` and exits with 130.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import importlib
 import sys
 import warnings
 
-from .errors import PasticheError
+from .errors import PasticheError, debug_enabled, describe_exception, one_line
 
 # name -> (module, help). Each module defines ``add_arguments(parser)`` and ``run(args) -> int``
 # and imports its heavy dependencies inside ``run``, so ``--help`` stays fast.
@@ -24,8 +25,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class CLIParser(argparse.ArgumentParser):
+    """argparse with its usage errors as one ``error:`` line (status 2, as argparse's own)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pastiche_core",
+    parser = CLIParser(prog="python -m pastiche_core",
                                      description="DualStyleGAN exemplar-based portrait style transfer.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
@@ -41,17 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_parsed(args: argparse.Namespace) -> int:
-    """Run a parsed command: ``error: <one line>`` and status 2 for user errors, never a traceback."""
+    """Run a parsed command: ``error: <one line>`` and status 2 for every failure, never a
+    traceback (unless ``PASTICHE_DEBUG=1``)."""
     # Our own warnings (demo weights, ...) are printed as one plain line, not with a source excerpt.
     warnings.showwarning = lambda message, category, *a, **k: print(f"warning: {message}", file=sys.stderr)
     try:
         return int(args.func(args) or 0)
-    except PasticheError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except PasticheError as exc:
+        print(f"error: {describe_exception(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # OSError, MemoryError, torch's RuntimeError, ...: the user gets one line
+        if debug_enabled():  # a bug of ours: show where
+            raise
+        print(f"error: {describe_exception(exc)}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -199,3 +199,120 @@ def test_to_rgb_uint8_other_modes():
     la = Image.new("LA", (20, 20), (100, 0))
     rgb, a, _ = fio.to_rgb_uint8(la)
     assert (a == 0).all() and (rgb == 255).all()
+
+
+# --------------------------------------------------------------------------- formats and pixel limit
+
+
+def _png_header_only(path: Path, w: int, h: int, bit_depth: int = 1, colour_type: int = 0) -> Path:
+    """A tiny PNG that declares ``w`` x ``h`` pixels (a few rows of zeros compressed: what a
+    decompression bomb looks like). Only its header matters to the limit check."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\x00" * (1 + (w * bit_depth * (3 if colour_type == 2 else 1) + 7) // 8)
+    ihdr = struct.pack(">IIBBBBB", w, h, bit_depth, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(row * 4, 9))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("w, h", [(46000, 46000), (12000, 12000), (10001, 10000)])
+def test_one_bit_bomb_is_refused_from_its_header(tmp_path, monkeypatch, w, h):
+    monkeypatch.delenv(fio.MAX_PIXELS_ENV, raising=False)
+    p = _png_header_only(tmp_path / "bomb.png", w, h)
+    assert p.stat().st_size < 2000
+    with pytest.raises(ImageLoadError) as err:
+        load_image(p)
+    msg = str(err.value)
+    assert "bomb.png" in msg and "too large" in msg and f"{w * h} pixels" in msg and "100000000" in msg
+    assert fio.MAX_PIXELS_ENV in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("w, h", [(6000, 4000), (8000, 6000), (10000, 10000)])
+def test_real_photo_sizes_pass_the_header_check(tmp_path, monkeypatch, w, h):
+    monkeypatch.delenv(fio.MAX_PIXELS_ENV, raising=False)
+    p = _png_header_only(tmp_path / "photo.png", w, h, bit_depth=8, colour_type=2)
+    assert fio.check_image_header(p) == ("PNG", (w, h))
+
+
+def test_a_48_megapixel_photo_loads(tmp_path):
+    p = tmp_path / "phone.jpg"
+    Image.new("L", (8000, 6000), 128).save(p, quality=50)
+    rgb, _, info = load_image(p)
+    assert rgb.shape == (6000, 8000, 3) and info["size"] == (8000, 6000)
+
+
+def test_pixel_limit_from_argument_and_environment(tmp_path, monkeypatch, photo512):
+    p = tmp_path / "p.png"
+    Image.fromarray(photo512).save(p)
+    monkeypatch.delenv(fio.MAX_PIXELS_ENV, raising=False)
+    assert fio.pixel_limit() == fio.DEFAULT_MAX_PIXELS == 100_000_000
+    with pytest.raises(ImageLoadError, match=r"512x512 = 262144 pixels.*limit is 1000"):
+        load_image(p, max_pixels=1000)
+    monkeypatch.setenv(fio.MAX_PIXELS_ENV, "200000")
+    with pytest.raises(ImageLoadError, match="limit is 200000"):
+        load_image(p)
+    assert load_image(p, max_pixels=512 * 512)[0].shape == (512, 512, 3)  # the argument wins
+    monkeypatch.setenv(fio.MAX_PIXELS_ENV, "lots")
+    with pytest.raises(InputError, match="PASTICHE_MAX_PIXELS"):
+        load_image(p)
+
+
+def test_pillow_bomb_protection_is_left_on(tmp_path, monkeypatch):
+    """Our limit decides below Pillow's hard stop; Pillow's global settings are untouched."""
+    monkeypatch.setenv(fio.MAX_PIXELS_ENV, str(10**10))
+    p = _png_header_only(tmp_path / "bomb.png", 46000, 46000)
+    with pytest.raises(ImageLoadError, match="too large for Pillow"):
+        load_image(p)
+    assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS > 0
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("figure.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nshowpage\n"),
+        ("doc.pdf", b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n"),
+    ],
+)
+def test_formats_outside_the_allow_list_are_refused(tmp_path, name, data):
+    p = tmp_path / name
+    p.write_bytes(data)
+    with pytest.raises(ImageLoadError, match="not an image in an accepted format"):
+        load_image(p)
+    # even when it claims to be a photo
+    q = tmp_path / "photo.jpg"
+    q.write_bytes(data)
+    with pytest.raises(ImageLoadError, match="not an image in an accepted format"):
+        load_image(q)
+
+
+def test_other_pillow_formats_are_refused(tmp_path, photo512):
+    for ext in (".ico", ".tga", ".pcx"):
+        p = tmp_path / f"x{ext}"
+        Image.fromarray(photo512[:64, :64]).save(p)
+        with pytest.raises(ImageLoadError, match="accepted format"):
+            load_image(p)
+    for ext in (".png", ".jpg", ".webp", ".bmp", ".tif", ".gif"):
+        p = tmp_path / f"x{ext}"
+        Image.fromarray(photo512).save(p)
+        assert load_image(p)[0].shape == (512, 512, 3)
+
+
+def test_dlib_decoding_gets_the_same_limit(tmp_path, monkeypatch):
+    """The official-decode path asks dlib to read the file only after our header check."""
+    from pastiche_core.faces import detect
+
+    called = []
+    monkeypatch.setattr(detect, "_import_dlib", lambda: called.append(1))
+    p = _png_header_only(tmp_path / "bomb.png", 12000, 12000)
+    with pytest.raises(ImageLoadError, match="too large"):
+        detect.DlibDetector().load_official(p)
+    q = tmp_path / "figure.eps"
+    q.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\n")
+    with pytest.raises(ImageLoadError):
+        detect.DlibDetector().load_official(q)
+    assert not called

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_close_scaled, require_faces
+
 ROOT = Path(__file__).resolve().parents[1]
 STUB = Path(__file__).resolve().parent / "comfy_stub"
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -83,16 +85,18 @@ def face_image(name="pastiche_face_aligned.jpg"):
 # ------------------------------------------------------------------------------------------
 # import and schemas
 # ------------------------------------------------------------------------------------------
-def test_pack_import_is_fast_and_lazy():
-    code = (f"import sys, time; sys.path.insert(0, {str(STUB)!r}); import importlib.util as u; t = time.perf_counter(); "
+def test_pack_import_is_lazy():
+    # What keeps the import fast is behavioural (no torch, no models at import); how fast it is
+    # depends on the machine, so no time is asserted here.
+    code = (f"import sys; sys.path.insert(0, {str(STUB)!r}); import importlib.util as u; "
             f"s = u.spec_from_file_location('p', {str(ROOT / '__init__.py')!r}, submodule_search_locations=[{str(ROOT)!r}]); "
-            "m = u.module_from_spec(s); sys.modules['p'] = m; s.loader.exec_module(m); dt = time.perf_counter() - t; "
-            "import folder_paths; print(dt, 'torch' in sys.modules, folder_paths.get_folder_paths('dualstylegan'), "
+            "m = u.module_from_spec(s); sys.modules['p'] = m; s.loader.exec_module(m); "
+            "heavy = sorted(k for k in ('torch', 'numpy', 'PIL', 'dlib', 'safetensors', 'pastiche_core.pipeline') if k in sys.modules); "
+            "import folder_paths; print(','.join(heavy) or '-', folder_paths.get_folder_paths('dualstylegan'), "
             "'nodes' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True).stdout.split(" ", 2)
-    assert float(out[0]) < 1.0
-    assert out[1] == "False", "importing the pack must not import torch"
-    assert "dualstylegan" in out[2] and out[2].strip().endswith("False")  # our nodes/ never shadows ComfyUI's 'nodes'
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True).stdout.split(" ", 1)
+    assert out[0] == "-", f"importing the pack must not import {out[0]}"
+    assert "dualstylegan" in out[1] and out[1].strip().endswith("False")  # our nodes/ never shadows ComfyUI's 'nodes'
 
 
 def test_entrypoint_lists_every_node(host):
@@ -419,6 +423,69 @@ def test_loader_errors_are_node_errors(nodes, host):
         nodes["PasticheLoadDualStyleGAN"].execute(style="no_such_style")
 
 
+def test_every_node_maps_its_errors(host):
+    """Each node's execute goes through the one error wrapper (nodes.common.node_errors)."""
+    for node in host.NODES:
+        assert getattr(node.execute.__func__, "__wrapped__", None) is not None, node.__name__
+
+
+@pytest.mark.parametrize("exc, words", [
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied\n" + "x" * 2000), "unexpected RuntimeError: mat1"),
+    (ValueError("too many values to unpack"), "unexpected ValueError"),
+    (OSError(36, "File name too long", "/" + "a" * 5000), "File name too long: '/aaa"),
+    (MemoryError(), "out of memory"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: not enough memory"), "out of memory"),
+])
+def test_unexpected_errors_become_one_short_node_error(nodes, host, monkeypatch, exc, words):
+    def boom(*a, **k):
+        raise exc
+
+    monkeypatch.delenv("PASTICHE_DEBUG", raising=False)
+    monkeypatch.setattr(host.nodes.generate, "check_image", boom)
+    with pytest.raises(err(host)) as caught:
+        nodes["PasticheImageGrid"].execute(images=torch.zeros(1, 8, 8, 3))
+    msg = str(caught.value)
+    assert msg.startswith("Image Grid: ") and words in msg, msg
+    assert "\n" not in msg and len(msg) <= len("Image Grid: ") + 300
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no chained traceback
+
+
+def test_host_exceptions_pass_through_unchanged(nodes, host, mm, monkeypatch):
+    """Stop and ComfyUI's out-of-memory recovery need their own exceptions; a bug shows its
+    traceback with PASTICHE_DEBUG=1."""
+    raised = [mm.InterruptProcessingException(), torch.cuda.OutOfMemoryError("CUDA out of memory"),
+              KeyboardInterrupt()]
+
+    class HostOOM(Exception):
+        pass
+
+    monkeypatch.setattr(mm, "OOM_EXCEPTION", HostOOM, raising=False)
+    raised.append(HostOOM("out of memory"))
+    for exc in raised:
+        def boom(*a, **k):
+            raise exc
+
+        monkeypatch.setattr(host.nodes.generate, "check_image", boom)
+        with pytest.raises(type(exc)) as caught:
+            nodes["PasticheImageGrid"].execute(images=torch.zeros(1, 8, 8, 3))
+        assert caught.value is exc
+    bug = RuntimeError("a bug")
+
+    def buggy(*a, **k):
+        raise bug
+
+    monkeypatch.setattr(host.nodes.generate, "check_image", buggy)
+    monkeypatch.setenv("PASTICHE_DEBUG", "1")
+    with pytest.raises(RuntimeError) as caught:
+        nodes["PasticheImageGrid"].execute(images=torch.zeros(1, 8, 8, 3))
+    assert caught.value is bug
+    # our own errors keep their wording, with or without PASTICHE_DEBUG
+    monkeypatch.undo()
+    monkeypatch.setenv("PASTICHE_DEBUG", "1")
+    with pytest.raises(err(host), match="must be an IMAGE"):
+        nodes["PasticheImageGrid"].execute(images="not an image")
+
+
 def test_bank_style_by_index_and_name(nodes, demo, host):
     enc = nodes["PasticheEncodeExemplarStyle"]
     s = enc.execute(model=demo, style="(by index)", index=2)[0]
@@ -490,7 +557,7 @@ def test_random_styles_and_interpolation(nodes, demo, host):
     assert sweep.latent.shape == (3, 14, 512)
     assert torch.equal(sweep.latent[0], a.latent[0]) and torch.equal(sweep.latent[2], b.latent[0])
     half = nodes["PasticheInterpolateStyles"].execute(style_a=a, style_b=b, t=0.5)[0]
-    assert torch.allclose(half.latent, (a.latent + b.latent) / 2, atol=1e-6)
+    assert_close_scaled(half.latent, (a.latent + b.latent) / 2)
     with pytest.raises(err(host), match="one code in style_a"):
         nodes["PasticheInterpolateStyles"].execute(style_a=three, style_b=b, steps=3)
 
@@ -769,11 +836,7 @@ def test_image_grid(nodes):
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dlib_ok():
-    from pastiche_core.faces.detect import available_detectors
-
-    reason = available_detectors().get("dlib")
-    if reason:
-        pytest.skip(f"dlib detector unavailable: {reason}")
+    require_faces()  # installed but broken is a failure, not a skip
 
 
 def test_align_generate_paste(nodes, demo, host, dlib_ok):

@@ -131,6 +131,55 @@ def test_cli_errors_are_one_line(tmp_path, capsys, args, match):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("exc, words", [
+    (OSError(28, "No space left on device", "/data/out.png"), "error: No space left on device: '/data/out.png'"),
+    (OSError(36, "File name too long", "/" + "a" * 5000), "error: File name too long: '/aaa"),
+    (MemoryError(), "error: out of memory"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: not enough memory: you tried to allocate "
+                  "9 GB"), "error: out of memory ([enforce fail"),
+    (RuntimeError("The size of tensor a (3) must match\n" + "y" * 3000), "error: unexpected RuntimeError: The size"),
+    (ValueError("bad"), "error: unexpected ValueError: bad (set PASTICHE_DEBUG=1"),
+])
+def test_cli_maps_every_exception_to_one_line(capsys, monkeypatch, exc, words):
+    import pastiche_core.commands.styles as styles_cmd
+
+    def boom(args):
+        raise exc
+
+    monkeypatch.delenv("PASTICHE_DEBUG", raising=False)
+    monkeypatch.setattr(styles_cmd, "run", boom)
+    code, _, stderr = run_cli(["styles"], capsys)
+    assert code == 2 and "Traceback" not in stderr
+    (line,) = stderr.splitlines()
+    assert line.startswith(words) and len(line) <= len("error: ") + 300, line
+
+
+def test_cli_debug_interrupt_and_usage(capsys, monkeypatch):
+    import pastiche_core.commands.styles as styles_cmd
+
+    bug = RuntimeError("a bug of ours")
+
+    def buggy(args):
+        raise bug
+
+    monkeypatch.setattr(styles_cmd, "run", buggy)
+    monkeypatch.setenv("PASTICHE_DEBUG", "1")
+    with pytest.raises(RuntimeError) as caught:  # the traceback, for a bug report
+        cli.main(["styles"])
+    assert caught.value is bug
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(styles_cmd, "run", interrupted)
+    assert cli.main(["styles"]) == 130 and capsys.readouterr().err == "error: interrupted\n"
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["stylize", "--no-such-option"])
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()  # no usage block: one line, as every other error
+    assert line.startswith("error: ") and "--help" in line
+
+
 def test_cli_bad_output_extension(tmp_path, capsys):
     code, _, stderr = run_cli(["stylize", PHOTO, "--checkpoints", tmp_path, "--out", tmp_path / "o.gif"], capsys)
     assert code == 2 and "unknown image extension" in stderr

@@ -1,18 +1,17 @@
 """Every awkward input of shared/images/edge (copies in fixtures/edge, big ones generated here)
 through the `stylize` command: a correct result, or one `error:` line, exit 2, no output file."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import needs_faces
 from pastiche_core import cli
 
 EDGE = Path(__file__).parent / "fixtures" / "edge"
 PHOTO = Path(__file__).parent / "fixtures" / "images" / "content_081680_256.jpg"
-needs_dlib = pytest.mark.skipif(importlib.util.find_spec("dlib") is None,
-                                reason="dlib not installed: pip install dlib-bin face-recognition-models")
+needs_dlib = needs_faces
 
 
 def make_variant(kind: str, folder: Path) -> Path:

@@ -26,6 +26,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import assert_close_scaled
 from pastiche_core.errors import CheckpointError, InputError
 from pastiche_core.models import Backbone, DualStyleGAN, Generator
 from pastiche_core.models import discriminator as dmod
@@ -144,13 +145,20 @@ def test_discriminator_matches_the_official_code():
     x = torch.from_numpy(ref["d64_input"]).requires_grad_(True)
     logits = d(x)
     (grad,) = torch.autograd.grad(logits.sum(), x)
-    assert torch.allclose(logits, torch.from_numpy(ref["d64_logits"]), atol=1e-5)
-    assert torch.allclose(grad, torch.from_numpy(ref["d64_grad"]), atol=1e-7, rtol=1e-4)
+    assert_close_scaled(logits, torch.from_numpy(ref["d64_logits"]), what="logits")
+    # The input gradient goes back through every convolution, and most of its elements are
+    # small differences of large terms: float32 summation order alone (another CPU, thread
+    # split or conv algorithm) moves it by ~1.5e-3 of its largest value (the fixture differs
+    # by 2e-6 at a scale of 1.3e-3, while float32 and float64 runs here agree to 1e-9). A bug
+    # moves it by the whole scale.
+    ref_grad = torch.from_numpy(ref["d64_grad"])
+    assert_close_scaled(grad, ref_grad, rel=1e-2, what="input gradient")
+    assert float((grad - ref_grad).norm() / ref_grad.norm()) < 2e-3
     d = dmod.Discriminator(256)
     d.load_state_dict(fixture_weights(d))
     x = torch.randn(4, 3, 256, 256, generator=torch.Generator().manual_seed(256)).clamp(-1.5, 1.5)
     with torch.no_grad():
-        assert torch.allclose(d(x), torch.from_numpy(ref["d256_logits"]), atol=1e-5)
+        assert_close_scaled(d(x), torch.from_numpy(ref["d256_logits"]), what="256 logits")
 
 
 def test_discriminator_keys_are_the_official_ones():

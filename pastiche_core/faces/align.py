@@ -33,7 +33,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from .detect import DlibDetector, Face, FaceDetector, NoFaceError, anchors_from_landmarks, get_detector
+from .detect import (
+    OFFICIAL_DECODE_FORMATS, DlibDetector, Face, FaceDetector, NoFaceError, anchors_from_landmarks, get_detector,
+)
 from .io import load_image
 
 __all__ = [
@@ -499,6 +501,7 @@ def align_file(
     transform_size: int | None = None,
     method: str = "pil",
     official_decode: bool = True,
+    max_pixels: int | None = None,
 ) -> tuple[list[AlignedFace], np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Load ``path`` (EXIF applied, 8-bit RGB), detect and align.
 
@@ -510,9 +513,10 @@ def align_file(
     as ours (no EXIF rotation, plain 8-bit RGB or grey). JPEG decoders differ by a few grey
     levels on 4:2:0 files, which moves dlib's landmarks by up to several pixels; this keeps
     the result identical to the official aligner. The warp always uses our (PIL) pixels,
-    as the official code does.
+    as the official code does. dlib's decoding is only asked for after the file has passed
+    the same format allow-list and ``max_pixels`` limit as ours (see :func:`load_image`).
     """
-    rgb, alpha, info = load_image(path)
+    rgb, alpha, info = load_image(path, max_pixels=max_pixels)
     det = get_detector(detector)
     landmark_image = None
     if (
@@ -521,10 +525,10 @@ def align_file(
         and not info["transposed"]
         and alpha is None
         and info["mode"] in ("RGB", "L")
-        and info["format"] in ("JPEG", "PNG", "BMP", "GIF")
+        and info["format"] in OFFICIAL_DECODE_FORMATS
     ):
         try:
-            candidate = det.load_official(path)
+            candidate = det.load_official(path, max_pixels=max_pixels)
         except Exception:  # dlib cannot read it: fall back to our decoding
             candidate = None
         if candidate is not None and candidate.shape == rgb.shape:

@@ -10,6 +10,7 @@ and exit with status 2 (argparse usage errors also exit 2).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -127,8 +128,20 @@ def run_align(args: argparse.Namespace) -> int:
         targets = [numbered_path(out, i) for i in range(len(aligned))]
     else:
         targets = [out]
+    written = []
+    try:
+        for a, target in zip(aligned, targets):
+            save_image(target, a.image)
+            written.append(target)
+    except BaseException:
+        # all faces or none: a failure part-way must not leave some of them behind
+        for target in written:
+            try:
+                os.unlink(target)
+            except OSError:
+                pass
+        raise
     for a, target in zip(aligned, targets):
-        save_image(target, a.image)
         print(f"{target}: face {a.index} of {found}, {a.qsize:.0f} px in the photo, aligned to {a.size}x{a.size}")
     for a in aligned:
         for w in a.params.get("warnings", []):
@@ -143,7 +156,9 @@ def run_align(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pastiche_core.faces.command", description="Pastiche face tools.")
+    from ..cli import CLIParser  # noqa: PLC0415
+
+    parser = CLIParser(prog="python -m pastiche_core.faces.command", description="Pastiche face tools.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register(sub)
     return parser

@@ -172,6 +172,10 @@ def default_dlib_model_dir() -> Path | None:
 _DLIB_CACHE: dict[str, object] = {}
 
 
+#: Formats whose dlib decoding the official aligner used (and dlib's loader reads).
+OFFICIAL_DECODE_FORMATS = ("JPEG", "PNG", "BMP", "GIF")
+
+
 class DlibDetector(FaceDetector):
     """dlib HOG frontal detector + 68-point shape predictor (the official DualStyleGAN pair).
 
@@ -320,8 +324,15 @@ class DlibDetector(FaceDetector):
             )
         return faces
 
-    def load_official(self, path: str | os.PathLike) -> np.ndarray:
-        """Decode ``path`` with dlib's own image loader, as the official ``get_landmark`` does."""
+    def load_official(self, path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
+        """Decode ``path`` with dlib's own image loader, as the official ``get_landmark`` does.
+
+        dlib's loader has no pixel limit and decodes whatever its libraries accept, so the
+        header is checked first with the same format allow-list and pixel limit as
+        :func:`~pastiche_core.faces.io.load_image`."""
+        from .io import check_image_header
+
+        check_image_header(path, max_pixels=max_pixels, formats=OFFICIAL_DECODE_FORMATS)
         dlib = _import_dlib()
         return np.ascontiguousarray(dlib.load_rgb_image(str(path)))
 

@@ -15,6 +15,12 @@ One decoder (PIL), one normalisation, used for everything downstream:
 * Broken input is an :class:`ImageLoadError` (an ``InputError``) with one line that names the
   file and the problem: missing, a folder, empty, not an image, truncated or corrupt, too
   small, too many pixels.
+* Only photo formats are decoded (:data:`ALLOWED_FORMATS`): every other Pillow plugin (EPS
+  and PostScript hand the file to Ghostscript, PDF, ICO, PSD, ...) is never consulted.
+* The pixel count is checked from the header, before any pixel is decoded
+  (:func:`pixel_limit`: 100 megapixels unless ``PASTICHE_MAX_PIXELS`` or the ``max_pixels``
+  argument says otherwise). A 1-bit PNG of a few KB can declare billions of pixels, and every
+  one of them becomes 3 bytes of RGB, then 12 of float.
 
 :func:`save_image` writes through a temporary file in the target folder and renames it into
 place, so a failure never leaves a half-written output (and never clobbers an existing one).
@@ -22,6 +28,8 @@ place, so a failure never leaves a half-written output (and never clobbers an ex
 from __future__ import annotations
 
 import os
+import re
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,12 +39,22 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
 
-__all__ = ["ImageLoadError", "load_image", "to_rgb_uint8", "resize_center_crop", "save_image", "DEFAULT_BACKGROUND"]
+__all__ = ["ImageLoadError", "load_image", "to_rgb_uint8", "resize_center_crop", "save_image", "DEFAULT_BACKGROUND",
+           "ALLOWED_FORMATS", "DEFAULT_MAX_PIXELS", "pixel_limit", "check_image_header"]
 
 #: Colour that transparent pixels are composited onto (documented choice: white).
 DEFAULT_BACKGROUND = (255, 255, 255)
 
 _EXIF_ORIENTATION_TAG = 0x0112
+
+#: Formats :func:`load_image` decodes (Pillow format names; "JPEG" includes the multi-picture
+#: JPEGs of many cameras, which Pillow reports as MPO). Everything we save is readable back.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+
+#: 100 megapixels: above a 48 MP (8000x6000) phone photo with room to spare, while the
+#: pipeline's working copies of the largest admitted image stay around a few GB.
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "PASTICHE_MAX_PIXELS"
 
 _SAVE_FORMATS = {
     ".png": "PNG",
@@ -48,6 +66,7 @@ _SAVE_FORMATS = {
     ".tiff": "TIFF",
 }
 _ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}
+_FORMAT_NAMES = ("JPEG", "PNG", "WebP", "BMP", "TIFF", "GIF")
 
 
 class ImageLoadError(InputError):
@@ -55,7 +74,118 @@ class ImageLoadError(InputError):
 
 
 def _describe(path: Path) -> str:
-    return f"'{path}'"
+    # A path can be as long as the OS allows (or crafted to be): keep both ends, which say
+    # where and which file.
+    s = str(path)
+    return f"'{s}'" if len(s) <= 160 else f"'{s[:60]}...{s[-90:]}'"
+
+
+def pixel_limit(value: int | None = None) -> int:
+    """The pixel limit: ``value`` when given, else ``$PASTICHE_MAX_PIXELS``, else 100 megapixels."""
+    if value is None:
+        raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not raw:
+            return DEFAULT_MAX_PIXELS
+        try:
+            value = int(float(raw.replace("_", "")))
+        except ValueError:
+            raise InputError(f"{MAX_PIXELS_ENV}={raw[:40]!r} is not a number of pixels (e.g. 100000000)") from None
+        what = MAX_PIXELS_ENV
+    else:
+        what = "max_pixels"
+    if int(value) < 1:
+        raise InputError(f"{what} must be a positive number of pixels, got {value}")
+    return int(value)
+
+
+def _megapixels(n: int) -> str:
+    return f"{n / 1e6:.1f} MP"
+
+
+def _too_many_pixels(p: Path, w: int | None, h: int | None, n: int, limit: int) -> ImageLoadError:
+    dims = f"{w}x{h} = " if w is not None else ""
+    hint = f"set {MAX_PIXELS_ENV} to allow more"
+    return ImageLoadError(
+        f"image {_describe(p)} is too large: {dims}{n} pixels ({_megapixels(n)}), "
+        f"the limit is {limit} ({_megapixels(limit)}; {hint})"
+    )
+
+
+def _open(p: Path, limit: int, formats: tuple[str, ...]) -> Image.Image:
+    """``Image.open`` restricted to ``formats`` with the pixel limit checked on the header.
+
+    Pillow's decompression-bomb warning (above ``Image.MAX_IMAGE_PIXELS``, ~89 MP) is caught
+    and replaced by our own limit, which is the one that decides; its hard error (twice that)
+    still refuses the file, with our wording."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(p, formats=list(formats))
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            n = int(found.group(1)) if found else 0
+            if n > limit or not found:
+                raise _too_many_pixels(p, None, None, n, limit) from None
+            # Our limit was raised above Pillow's own hard stop (2x Image.MAX_IMAGE_PIXELS).
+            raise ImageLoadError(
+                f"image {_describe(p)} is too large for Pillow: {n} pixels ({_megapixels(n)}), over twice "
+                f"Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS}) although {MAX_PIXELS_ENV} allows {limit}"
+            ) from None
+    for w in caught:
+        if not issubclass(w.category, Image.DecompressionBombWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    width, height = im.size
+    if width * height > limit:
+        im.close()
+        raise _too_many_pixels(p, width, height, width * height, limit)
+    return im
+
+
+def check_image_header(
+    path: str | os.PathLike, *, max_pixels: int | None = None, formats: tuple[str, ...] = ALLOWED_FORMATS
+) -> tuple[str, tuple[int, int]]:
+    """``(format, (W, H))`` of ``path`` from its header alone, or :class:`ImageLoadError` when
+    the format is not allowed or the image has more pixels than the limit. Callers that hand
+    a file to another decoder (dlib) check it here first, so that one limit holds everywhere."""
+    p = Path(path)
+    limit = pixel_limit(max_pixels)
+    try:
+        with _open(p, limit, formats) as im:
+            return str(im.format), im.size
+    except UnidentifiedImageError:
+        raise _unidentified(p, formats) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if isinstance(exc, ImageLoadError):
+            raise
+        raise ImageLoadError(f"image {_describe(p)} is corrupt or unreadable ({_first_line(exc)})") from None
+
+
+_SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF",
+    b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"BM": "BMP",
+}
+
+
+def _unidentified(p: Path, formats: tuple[str, ...] = ALLOWED_FORMATS) -> ImageLoadError:
+    """Pillow identified no allowed format: a photo format with a broken header, or another
+    kind of file altogether (the message says which, from the first bytes)."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        head = b""
+    kind = next((f for sig, f in _SIGNATURES.items() if head.startswith(sig)), None)
+    if kind is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = "WEBP"
+    if kind is not None and kind in formats:
+        return ImageLoadError(f"image {_describe(p)} is a corrupt {kind} file (its header cannot be read)")
+    names = ", ".join(_FORMAT_NAMES) if formats == ALLOWED_FORMATS else "/".join(formats)
+    return ImageLoadError(f"image {_describe(p)} is not an image in an accepted format ({names})")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:200] if text else type(exc).__name__)
 
 
 def load_image(
@@ -63,6 +193,7 @@ def load_image(
     *,
     background: tuple[int, int, int] | None = DEFAULT_BACKGROUND,
     min_side: int = 16,
+    max_pixels: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Read ``path`` as ``(rgb, alpha, info)``.
 
@@ -71,50 +202,54 @@ def load_image(
     (``path``, ``format``, ``mode``, ``stored_size``, ``size`` as (W, H),
     ``exif_orientation``, ``transposed``, ``bit_depth``, ``background``).
 
-    Raises :class:`ImageLoadError` with a one-line message for any unreadable file.
+    ``max_pixels``: the largest W*H decoded (default: :func:`pixel_limit`), checked on the
+    header before decoding.
+
+    Raises :class:`ImageLoadError` with a one-line message for any unreadable file, a format
+    outside :data:`ALLOWED_FORMATS`, or too many pixels.
     """
     p = Path(path)
-    if not p.exists():
-        raise ImageLoadError(f"image {_describe(p)} does not exist")
-    if p.is_dir():
-        raise ImageLoadError(f"image {_describe(p)} is a folder, not an image file")
+    limit = pixel_limit(max_pixels)
     try:
+        if not p.exists():
+            raise ImageLoadError(f"image {_describe(p)} does not exist")
+        if p.is_dir():
+            raise ImageLoadError(f"image {_describe(p)} is a folder, not an image file")
         nbytes = p.stat().st_size
-    except OSError as exc:
+    except OSError as exc:  # a name too long, a path through a file, ...
         raise ImageLoadError(f"image {_describe(p)} cannot be read: {exc.strerror or exc}") from None
     if nbytes == 0:
         raise ImageLoadError(f"image {_describe(p)} is an empty file (0 bytes)")
 
     try:
-        with warnings.catch_warnings():
-            # A decompression-bomb *warning* (between 1x and 2x the limit) is not an error.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                fmt = im.format
-                stored_mode = im.mode
-                stored_size = im.size
-                try:
-                    orientation = int(im.getexif().get(_EXIF_ORIENTATION_TAG, 1) or 1)
-                except Exception:  # a broken EXIF block must not stop the photo from loading
-                    orientation = 1
-                im.load()
-                try:
-                    upright = ImageOps.exif_transpose(im)
-                except Exception:
-                    upright = im.copy()
-                    orientation = 1
-                if upright is None:  # older Pillow with in_place semantics
-                    upright = im.copy()
+        with _open(p, limit, ALLOWED_FORMATS) as im:
+            fmt = im.format
+            stored_mode = im.mode
+            stored_size = im.size
+            try:
+                orientation = int(im.getexif().get(_EXIF_ORIENTATION_TAG, 1) or 1)
+            except Exception:  # a broken EXIF block must not stop the photo from loading
+                orientation = 1
+            im.load()
+            try:
+                upright = ImageOps.exif_transpose(im)
+            except Exception:
+                upright = im.copy()
+                orientation = 1
+            if upright is None:  # older Pillow with in_place semantics
+                upright = im.copy()
+    except ImageLoadError:
+        raise
     except UnidentifiedImageError:
-        raise ImageLoadError(
-            f"image {_describe(p)} is not an image (or not a format Pillow can read)"
-        ) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"image {_describe(p)} has too many pixels to load safely ({exc})") from None
+        raise _unidentified(p) from None
     except PermissionError:
         raise ImageLoadError(f"image {_describe(p)} cannot be read: permission denied") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except MemoryError:
+        raise ImageLoadError(f"image {_describe(p)} needs more memory to decode than is available") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
+            ZeroDivisionError, OverflowError, RuntimeError) as exc:
+        # Pillow's plugins report malformed headers and data with any of these.
+        msg = _first_line(exc)
         if "truncated" in msg.lower():
             raise ImageLoadError(f"image {_describe(p)} is truncated or corrupt ({msg})") from None
         raise ImageLoadError(f"image {_describe(p)} is corrupt or unreadable ({msg})") from None
@@ -267,7 +402,7 @@ def save_image(
     try:
         atomic_write(p, write)
     except OSError as exc:
-        raise InputError(f"output '{p}' could not be written: {exc.strerror or exc}") from None
+        raise InputError(f"output {_describe(p)} could not be written: {exc.strerror or exc}") from None
     except CheckpointError as exc:  # a full disk: the writer's message, as an input error of this output
-        raise InputError(f"output '{p}' could not be written: {exc}") from None
+        raise InputError(f"output {_describe(p)} could not be written: {exc}") from None
     return p

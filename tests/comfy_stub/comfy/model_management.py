@@ -79,3 +79,12 @@ def throw_exception_if_processing_interrupted():
     if interrupt_processing:
         interrupt_processing = False
         raise InterruptProcessingException()
+
+
+def __getattr__(name):
+    # ComfyUI: OOM_EXCEPTION = torch.cuda.OutOfMemoryError. Resolved on first use so that
+    # importing the stub (and the pack) still does not import torch.
+    if name == "OOM_EXCEPTION":
+        import torch
+        return torch.cuda.OutOfMemoryError
+    raise AttributeError(name)
