@@ -1,8 +1,21 @@
 """User-facing errors: each names the input and what was expected, never a torch traceback."""
 
+MAX_MESSAGE = 900  # a hostile file must not turn into a megabyte-long error line
+
+
+def short(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters, marked with an ellipsis when cut."""
+    text = str(text)
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
 
 class PasticheError(Exception):
     """Base class: the CLI prints ``error: <message>`` and exits with status 2."""
+
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (short(args[0], MAX_MESSAGE),)
+        super().__init__(*args)
 
 
 class CheckpointError(PasticheError, ValueError):
