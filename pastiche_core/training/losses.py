@@ -171,7 +171,7 @@ class VGG19Features(nn.Module):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, n_slices: int = 5) -> "VGG19Features":
-        state = safe_torch_load(path, f"torchvision's VGG19 state dict ({VGG19_FILE})")
+        state = safe_torch_load(path, f"torchvision's VGG19 state dict ({VGG19_FILE})", allow_namespace=False)
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise CheckpointError(f"'{path}' is not a bare state dict of tensors (expected torchvision's {VGG19_FILE})")
         return cls(n_slices).load_features(state, path)
@@ -296,7 +296,7 @@ class IDLoss(nn.Module):
         from ..checkpoints import _load_strict
         from ..models import Backbone
 
-        state = safe_torch_load(path, f"the ArcFace IR-SE50 state dict ({IRSE50_FILE})")
+        state = safe_torch_load(path, f"the ArcFace IR-SE50 state dict ({IRSE50_FILE})", allow_namespace=False)
         if not isinstance(state, dict):
             raise CheckpointError(f"'{path}' is not a bare state dict (expected {IRSE50_FILE})")
         model = Backbone(input_size=112, num_layers=50, mode="ir_se", drop_ratio=0.6, affine=True)
