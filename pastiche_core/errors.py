@@ -21,6 +21,11 @@ class PasticheError(Exception):
 class CheckpointError(PasticheError, ValueError):
     """A weights file is missing, unreadable, unsafe, or not the model that was asked for."""
 
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (" ".join(args[0].splitlines()),)  # one line: the CLI prints exactly one 'error:' line
+        super().__init__(*args)
+
 
 class InputError(PasticheError, ValueError):
     """A user input (image, code, option value) is not what the operation needs."""
