@@ -1,8 +1,11 @@
 """Safe loading of the official checkpoint files, config inference, and our safetensors format.
 
-Official ``.pt`` files are read with ``torch.load(weights_only=True)``: only tensors and
-plain containers are unpickled, never arbitrary objects. Our own format is safetensors with
-the model config in the metadata (``pastiche.model`` and ``pastiche.config``).
+Official ``.pt`` files are walked by :mod:`pastiche_core.safe_pickle` (caps on size, depth and
+object count; only tensors and plain containers) and then read with
+``torch.load(weights_only=True)`` (torch >= 2.10) or our own zip/legacy reader. Generator
+configs must be an official family and every shape must match that config before a weight
+is read or a model allocated. Our own format is safetensors with the model config in the
+metadata (``pastiche.model`` and ``pastiche.config``); its header is checked the same way.
 """
 from __future__ import annotations
 

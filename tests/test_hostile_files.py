@@ -60,11 +60,11 @@ def tup(*items: bytes) -> bytes:
 
 
 def put(n: int) -> bytes:
-    return b"r" + struct.pack("<I", n)
+    return b"q" + bytes([n]) if n < 256 else b"r" + struct.pack("<I", n)
 
 
 def get(n: int) -> bytes:
-    return b"j" + struct.pack("<I", n)
+    return b"h" + bytes([n]) if n < 256 else b"j" + struct.pack("<I", n)
 
 
 def pkl(body: bytes) -> bytes:
@@ -459,3 +459,29 @@ def test_walker_refuses_without_building(tmp_path, capsys):
 def _tiny_pt(d: Path) -> Path:
     torch.save({"a": torch.zeros(1)}, d / "tiny.pt")
     return d / "tiny.pt"
+
+
+def test_bomb_bank_in_a_style_folder_does_not_hang_node_registration(tmp_path):
+    """Every bank is read when ComfyUI builds the node list: a ~500-byte bomb must just be skipped."""
+    style = tmp_path / "models" / "dualstylegan" / "cartoon"
+    style.mkdir(parents=True)
+    bomb = write_npy(style / "exstyle_code.npy", pkl(bank_dict((tuple_bomb(100), s("x")))))
+    assert bomb.stat().st_size < 1000
+    script = f"""
+import importlib.util, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT}))
+sys.path.insert(0, {str(Path(__file__).parent / "comfy_stub")!r})
+import folder_paths
+folder_paths.set_base({str(tmp_path)!r})
+spec = importlib.util.spec_from_file_location("pack", {str(ROOT / "__init__.py")!r},
+                                              submodule_search_locations=[{str(ROOT)!r}])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["pack"] = pack
+spec.loader.exec_module(pack)
+schemas = [n.GET_SCHEMA() for n in pack.NODES]
+from pack.nodes.styles import bank_options
+print("registered", len(schemas), len(bank_options()))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=HANG_GUARD_S,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0 and "registered" in proc.stdout, proc.stderr[-3000:]

@@ -193,7 +193,7 @@ class StyleSampler(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: torch.device | str | None = None,
                         dtype: torch.dtype | None = None) -> "StyleSampler":
-        """Load the official ``sampler.pt`` (``torch.load(weights_only=True)``), eval mode, no grad."""
+        """Load the official ``sampler.pt`` (bounded weights-only read, shapes checked first), eval mode, no grad."""
         path = Path(path)
         if path.suffix == ".safetensors":
             model = load_sampler_safetensors(path)
