@@ -574,6 +574,21 @@ class _TorchFile:
             _fail(self.path, f"is truncated (zip entry '{short(info.filename, 80)}')", self.expected)
         return data
 
+    def _read_stored(self, info: zipfile.ZipInfo) -> bytearray:
+        """A stored (uncompressed) entry read straight into one buffer: the tensor's memory, no copies."""
+        raw = bytearray(info.file_size)
+        with open(self.path, "rb") as fh:
+            fh.seek(info.header_offset)
+            head = fh.read(30)
+            if len(head) != 30 or head[:4] != b"PK\x03\x04":
+                _fail(self.path, f"is corrupt (zip entry '{short(info.filename, 80)}' has no local header)",
+                      self.expected)
+            name_len, extra_len = struct.unpack("<HH", head[26:30])
+            fh.seek(info.header_offset + 30 + name_len + extra_len)
+            if fh.readinto(raw) != info.file_size:
+                _fail(self.path, f"is truncated (zip entry '{short(info.filename, 80)}')", self.expected)
+        return raw
+
     # -- walking ----------------------------------------------------------------------------
     def _zip_storage_meta(self, key: str, dtype: torch.dtype, numel: int) -> StorageRef:
         info = self.entries.get(f"{self.prefix}data/{key}")
@@ -644,7 +659,7 @@ class _TorchFile:
             def storage(key, dtype, numel):
                 if key not in cache:
                     ref = self._zip_storage_meta(key, dtype, numel)
-                    raw = bytearray(self._read(self.entries[f"{self.prefix}data/{key}"], 1 << 62))
+                    raw = self._read_stored(self.entries[f"{self.prefix}data/{key}"])
                     cache[key] = _RealStorage(key, torch.frombuffer(raw, dtype=ref.dtype) if raw
                                               else torch.empty(0, dtype=ref.dtype))
                 return cache[key]
@@ -662,8 +677,8 @@ class _TorchFile:
                     _fail(self.path, f"is corrupt: storage '{short(str(key), 40)}' does not have the {ref.numel:,} "
                           f"elements its tensors need", self.expected)
                 nbytes = ref.numel * torch.empty((), dtype=ref.dtype).element_size()
-                raw = bytearray(fh.read(nbytes))
-                if len(raw) != nbytes:
+                raw = bytearray(nbytes)
+                if fh.readinto(raw) != nbytes:
                     _fail(self.path, "is truncated", self.expected)
                 flats[str(key)] = torch.frombuffer(raw, dtype=ref.dtype) if raw else torch.empty(0, dtype=ref.dtype)
 
