@@ -109,10 +109,11 @@ def read_npy_bank(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
             else:
                 raise ValueError(f"unsupported .npy format version {version}")
-        except ValueError as exc:
-            raise CheckpointError(f"{where} is not a readable .npy file ({exc}); expected {BANK_EXPECTED}") from None
+        except (ValueError, EOFError, TypeError, SyntaxError, OverflowError, RecursionError) as exc:
+            raise CheckpointError(f"{where} is not a readable .npy file ({short(str(exc), 200)}); "
+                                  f"expected {BANK_EXPECTED}") from None
         if dtype != np.dtype(object) or shape != ():
-            raise CheckpointError(f"{where} holds a plain {dtype} array of shape {list(shape)}, not a pickled dict "
+            raise CheckpointError(f"{where} holds a plain {dtype} array of shape {short(str(list(shape)), 80)}, not a pickled dict "
                                   f"of codes; expected {BANK_EXPECTED}")
         obj = load_npy_pickle(fh, where, BANK_EXPECTED)
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
