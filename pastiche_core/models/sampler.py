@@ -208,7 +208,7 @@ class StyleSampler(nn.Module):
                                       f"expected {SAMPLER_EXPECTED}")
             cls.check_state_dicts(ckpt["color"], ckpt["structure"], path)
 
-        ckpt = safe_torch_load(path, SAMPLER_EXPECTED, check)
+        ckpt = safe_torch_load(path, SAMPLER_EXPECTED, check, allow_namespace=False)
         model = cls.from_state_dicts(ckpt["color"], ckpt["structure"], path)
         model.eval().requires_grad_(False)
         if device is not None or dtype is not None:

@@ -314,7 +314,8 @@ def load_state(path: str | os.PathLike, stage: str | None = None) -> dict:
     path = Path(path)
     _remove_stale_tmp(path)
     # no mmap: the next save replaces this very file, which a live mapping blocks on Windows
-    state = safe_torch_load(path, STATE_EXPECTED, lambda skeleton: check_state(skeleton, path, stage), mmap=False)
+    state = safe_torch_load(path, STATE_EXPECTED, lambda skeleton: check_state(skeleton, path, stage), mmap=False,
+                            allow_namespace=False)
     check_state(state, path, stage)
     return dict(state)
 
