@@ -9,6 +9,18 @@ def short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
 
 
+def brief(obj, limit: int = 80) -> str:
+    """A bounded ``repr`` of an untrusted object: never walks or prints more than a few items."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxtuple, r.maxlist, r.maxdict, r.maxstring, r.maxother, r.maxlong = 2, 6, 6, 4, 60, 60, 40
+    try:
+        return short(r.repr(obj), limit)
+    except Exception:  # a repr that fails is no reason to lose the real error
+        return f"<{type(obj).__name__}>"
+
+
 class PasticheError(Exception):
     """Base class: the CLI prints ``error: <message>`` and exits with status 2."""
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError, short
+from .errors import CheckpointError, brief, short
 
 # --------------------------------------------------------------------------------------------
 # Limits. Real files are far inside them: the pSp encoder's data.pkl (792 tensors) is ~100 KB
@@ -126,12 +126,13 @@ class TensorMeta:
 
 
 class _Node:
-    """A stack/memo slot: the value plus its expanded size and nesting depth."""
+    """A stack/memo slot: the value plus its expanded size and nesting depth, and whether it is
+    already inside another object (then it must not change any more, see ``_mutable``)."""
 
-    __slots__ = ("v", "w", "d")
+    __slots__ = ("v", "w", "d", "used")
 
     def __init__(self, v, w: int = 1, d: int = 0):
-        self.v, self.w, self.d = v, w, d
+        self.v, self.w, self.d, self.used = v, w, d, False
 
 
 class _Global:
@@ -153,7 +154,7 @@ def _check_ints(value, what: str, allow_empty: bool = True) -> tuple:
         raise _Refused(f"{what} is not a tuple of at most {MAX_TENSOR_DIMS} integers")
     for v in value:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v >= 1 << 48:
-            raise _Refused(f"{what} {short(repr(value), 80)} has an entry that is not a small non-negative integer")
+            raise _Refused(f"{what} {brief(value, 80)} has an entry that is not a small non-negative integer")
     return value
 
 
@@ -218,8 +219,18 @@ class _Machine:
         if not isinstance(node.v, kind) or isinstance(node.v, _NamespaceStub):
             raise _Refused(f"an item is added to a {type(node.v).__name__}, not a {kind.__name__}")
 
+    @staticmethod
+    def _mutable(node: _Node) -> None:
+        # Real pickles finish every container before they put it into another one. Filling one
+        # afterwards (through a memo reference) would dodge the size and depth counts, which are
+        # taken when an object is placed, and is how recursive and exponential structures are built.
+        if node.used:
+            raise _Refused("a container is changed after it was placed in another object "
+                           "(recursive or back-filled structures are not in real files)")
+
     def _grow(self, node: _Node, children) -> None:
         for c in children:
+            c.used = True
             node.w += c.w
             node.d = max(node.d, c.d + 1)
         if node.d > MAX_DEPTH:
@@ -227,6 +238,7 @@ class _Machine:
 
     def _setitems(self, target: _Node, items: list) -> None:
         self._container(target, dict)
+        self._mutable(target)
         if len(items) % 2:
             raise _Refused("odd number of dict items")
         for k, v in zip(items[::2], items[1::2]):
@@ -264,7 +276,7 @@ class _Machine:
             if not isinstance(storage, (StorageRef, _RealStorage)):
                 raise _Refused(f"{fn.name}'s first argument is a {type(storage).__name__}, not a storage")
             if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-                raise _Refused(f"tensor storage offset {short(repr(offset), 40)} is not a non-negative integer")
+                raise _Refused(f"tensor storage offset {brief(offset, 40)} is not a non-negative integer")
             size, stride = _check_ints(size, "tensor size"), _check_ints(stride, "tensor stride")
             requires_grad = False
             if len(args) >= 6:
@@ -291,7 +303,7 @@ class _Machine:
             return arr
         if role == "dtype":
             if len(args) != 3 or not isinstance(args[0], str) or args[0] not in _NPY_DTYPES:
-                raise _Refused(f"numpy dtype {short(repr(args[:1]), 40)} is not a plain numeric or object dtype")
+                raise _Refused(f"numpy dtype {brief(args[:1], 40)} is not a plain numeric or object dtype")
             return np.dtype(args[0])
         raise _Refused(f"it calls {fn.name}, which real files never call")
 
@@ -358,8 +370,6 @@ class _Machine:
             elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
                 self._push({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name])
             elif name in ("BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "BINFLOAT", "FLOAT"):
-                if name in ("INT", "LONG") and isinstance(arg, bool):
-                    pass
                 self._push(arg)
             elif name in ("BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE",
                           "BINBYTES", "SHORT_BINBYTES", "BINBYTES8"):
@@ -395,6 +405,7 @@ class _Machine:
                 item = self._pop()
                 target = self._pop()
                 self._container(target, list)
+                self._mutable(target)
                 target.v.append(item.v)
                 self._grow(target, [item])
                 self.stack.append(target)
@@ -402,6 +413,7 @@ class _Machine:
                 items = self._pop_mark()
                 target = self._pop()
                 self._container(target, list)
+                self._mutable(target)
                 target.v.extend(c.v for c in items)
                 self._grow(target, items)
                 self.stack.append(target)
@@ -444,6 +456,7 @@ class _Machine:
                 self._push(self._global(module, gname))
             elif name == "REDUCE":
                 args, fn = self._pop(), self._pop()
+                args.used = True
                 value = self._reduce(fn.v, args.v)
                 self._push(value, args.w + 1, args.d + 1)
             elif name == "NEWOBJ":
@@ -454,6 +467,7 @@ class _Machine:
             elif name == "BUILD":
                 state = self._pop()
                 target = self._pop()
+                self._mutable(target)
                 self._build(target.v, state.v)
                 self._grow(target, [state])
                 self.stack.append(target)
@@ -469,13 +483,13 @@ class _Machine:
             raise _Refused("it has a persistent id, which this kind of file never contains")
         if (not isinstance(pid, tuple) or len(pid) not in (5, 6) or pid[0] != "storage"
                 or not (isinstance(pid[1], _Global) and pid[1].role == "storage")):
-            raise _Refused(f"persistent id {short(repr(pid), 80)} is not a tensor storage")
+            raise _Refused(f"persistent id {brief(pid, 80)} is not a tensor storage")
         _, kind, key, location, numel = pid[:5]
         if len(pid) == 6 and pid[5] is not None:
             raise _Refused("storage views (a pre-1.0 torch feature) are not supported")
         if not isinstance(key, str) or not isinstance(location, str) or isinstance(numel, bool) \
                 or not isinstance(numel, int) or numel < 0:
-            raise _Refused(f"persistent id {short(repr(pid), 80)} is malformed")
+            raise _Refused(f"persistent id {brief(pid, 80)} is malformed")
         return self.storage(key, _STORAGE_DTYPES[kind.name.split(".")[-1]], numel)
 
 

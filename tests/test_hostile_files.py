@@ -99,6 +99,15 @@ def deep_lists(depth: int) -> bytes:
     return b"]" * depth + b"a" * (depth - 1)
 
 
+def backfilled_lists(depth: int = 40) -> bytes:
+    """Empty lists first, each filled afterwards with two references to the one below: placed
+    while empty, they would pass a size or depth count taken at placement; 2**depth when walked."""
+    out = b"".join(b"]" + put(n) + b"0" for n in range(depth + 1))
+    for n in range(depth, 0, -1):
+        out += get(n) + b"(" + get(n - 1) + get(n - 1) + b"e0"
+    return out + get(depth)
+
+
 def replace_data_pkl(src: Path, dst: Path, payload: bytes) -> Path:
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
         for info in zin.infolist():
@@ -164,6 +173,8 @@ def cases(tmp_path_factory) -> dict[str, tuple[str, Path]]:
     replace_data_pkl(enc_deep, enc_deep.with_name("encoder_deeper.pt"),
                      pkl(b"}(" + s("opts") + deep_lists(20000) + b"u"))
     out["encoder_deep_nesting"] = ("encoder", enc_deep.with_name("encoder_deeper.pt"))
+    out["generator_backfilled_lists"] = ("generator", replace_data_pkl(
+        enc_deep, d / "backfilled.pt", pkl(b"}(" + s("g_ema") + backfilled_lists() + b"u")))
     out["encoder_wide_memo_reuse"] = ("encoder", replace_data_pkl(
         enc_deep, d / "encoder_wide.pt", pkl(b"}(" + s("opts") + b"}(" + s("x") + wide_bomb() + b"uu")))
 
@@ -306,7 +317,7 @@ ATTACKS = [
     "npy_tuple_bomb_key", "npy_tuple_bomb_value", "npy_memo_reuse_shallow", "npy_deep_nesting",
     "npy_stride0_ndarray", "npy_reconstruct_big_no_build", "npy_reconstruct_no_build",
     "npy_array_claims_more_than_data", "npy_ext_opcode",
-    "encoder_opts_tuple_bomb", "encoder_deep_nesting", "encoder_wide_memo_reuse",
+    "encoder_opts_tuple_bomb", "encoder_deep_nesting", "encoder_wide_memo_reuse", "generator_backfilled_lists",
     "generator_huge_width_stride0", "generator_width_40000", "generator_size_beyond_storage",
     "generator_truncated_zip_0", "generator_truncated_zip_1", "generator_truncated_zip_2", "generator_evil_global",
     "safetensors_huge_width_header", "safetensors_width_40000", "safetensors_header_length_huge",
@@ -332,6 +343,7 @@ EXPECT = {
     "encoder_opts_tuple_bomb": "nested more than|expands to more than",
     "encoder_deep_nesting": "nested more than",
     "encoder_wide_memo_reuse": "expands to more than",
+    "generator_backfilled_lists": "changed after it was placed",
     "generator_huge_width_stride0": "overlap",
     "generator_width_40000": "style_dim 40000 is not 512",
     "generator_evil_global": "os.system",
