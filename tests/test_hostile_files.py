@@ -497,3 +497,24 @@ print("registered", len(schemas), len(bank_options()))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=HANG_GUARD_S,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0 and "registered" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_loss_network_files_are_checked_before_reading(tmp_path, monkeypatch):
+    from pastiche_core.training.losses import IDLoss, VGG19Features
+
+    # the checks run on the walked file: no tensor data is ever read for a wrong file
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("weights read before the shapes were checked"))
+    path = tmp_path / "model_ir_se50.pth"
+    torch.save({"input_layer.0.weight": torch.zeros(64, 3, 3, 3), "output_layer.3.weight": torch.zeros(512, 8)}, path)
+    with pytest.raises(CheckpointError, match="does not match the ArcFace IR-SE50.*missing keys"):
+        IDLoss.from_file(path)
+    torch.save({"input_layer.0.weight": 3}, path)
+    with pytest.raises(CheckpointError, match="bare state dict of tensors"):
+        IDLoss.from_file(path)
+    vgg = tmp_path / "vgg19-dcbb9e9d.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3), "features.0.bias": torch.zeros(7)}, vgg)
+    with pytest.raises(CheckpointError, match="not torchvision's VGG19"):
+        VGG19Features.from_file(vgg)
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3), "args": argparse.Namespace(a=1)}, vgg)
+    with pytest.raises(CheckpointError, match="argparse.Namespace"):
+        VGG19Features.from_file(vgg)
