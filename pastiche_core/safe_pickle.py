@@ -149,8 +149,8 @@ class _NamespaceStub(dict):
 _PLAIN_KEYS = (str, int, float, bool, type(None), bytes)
 
 
-def _check_ints(value, what: str, allow_empty: bool = True) -> tuple:
-    if not isinstance(value, tuple) or len(value) > MAX_TENSOR_DIMS or (not value and not allow_empty):
+def _check_ints(value, what: str) -> tuple:
+    if not isinstance(value, tuple) or len(value) > MAX_TENSOR_DIMS:
         raise _Refused(f"{what} is not a tuple of at most {MAX_TENSOR_DIMS} integers")
     for v in value:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v >= 1 << 48:
@@ -629,7 +629,6 @@ class _TorchFile:
         stream = io.BytesIO(self.head)
         self._legacy_preamble(stream)
         self.legacy_main = stream.tell()
-        self.legacy_numel: dict[str, tuple] = {}
 
         def storage(key, dtype, numel):
             return self._shared(key, StorageRef(key, dtype, numel))
