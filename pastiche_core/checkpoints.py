@@ -1,23 +1,24 @@
 """Safe loading of the official checkpoint files, config inference, and our safetensors format.
 
-Official ``.pt`` files are read with ``torch.load(weights_only=True)``: only tensors and
-plain containers are unpickled, never arbitrary objects. Our own format is safetensors with
-the model config in the metadata (``pastiche.model`` and ``pastiche.config``).
+Official ``.pt`` files are walked by :mod:`pastiche_core.safe_pickle` (caps on size, depth and
+object count; only tensors and plain containers) and then read with
+``torch.load(weights_only=True)`` (torch >= 2.10) or our own zip/legacy reader. Generator
+configs must be an official family and every shape must match that config before a weight
+is read or a model allocated. Our own format is safetensors with the model config in the
+metadata (``pastiche.model`` and ``pastiche.config``); its header is checked the same way.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import warnings
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, short
 
 FORMAT_KEY = "pastiche.format"
 MODEL_KEY = "pastiche.model"
@@ -51,40 +52,22 @@ def _describe(path: Path) -> str:
     return f"'{path}'"
 
 
-def safe_torch_load(path: str | os.PathLike, expected: str) -> object:
-    """``torch.load(path, map_location='cpu', weights_only=True)`` with clear errors.
+def safe_torch_load(path: str | os.PathLike, expected: str, check=None, *, allow_namespace: bool = True,
+                    mmap: bool = True, reader: str = "auto") -> object:
+    """Read a ``.pt``/``.pth`` the way ``torch.load(map_location='cpu', weights_only=True)`` would,
+    after walking its pickle with the caps and allow-list of :mod:`pastiche_core.safe_pickle`.
 
     expected: what the file should be, for messages (e.g. "a DualStyleGAN generator.pt").
+    check: called with the walked object (tensors as :class:`~pastiche_core.safe_pickle.TensorMeta`)
+    before any tensor data is read, to refuse wrong shapes before they are allocated.
     Raises :class:`CheckpointError` naming the file for a missing, empty, truncated or
     non-PyTorch file, or one that holds objects other than tensors and plain containers.
+    ``argparse.Namespace`` (the 'args' entry of official training checkpoints) is a plain
+    attribute bag and allowed unless ``allow_namespace=False``.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{_describe(path)} does not exist (expected {expected})")
-    if path.is_dir():
-        raise CheckpointError(f"{_describe(path)} is a folder, not a file (expected {expected})")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{_describe(path)} is empty (0 bytes); expected {expected}. Download it again.")
-    try:
-        # argparse.Namespace (the 'args' entry of official training checkpoints) is a plain
-        # attribute bag, safe to rebuild; everything else must be tensors and containers.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types here; translate them all
-        text = str(exc)
-        if "Weights only load failed" in text or "weights_only" in text:
-            match = re.search(r"(Unsupported global: GLOBAL [^\s]+|global '[^']+')", text)
-            what = f" ({match.group(1)})" if match else ""
-            raise CheckpointError(
-                f"{_describe(path)} contains pickled Python objects other than tensors{what}; "
-                f"refusing to unpickle it. Expected {expected}.") from None
-        if zipfile.is_zipfile(path) is False and path.suffix in (".pt", ".pth"):
-            raise CheckpointError(f"{_describe(path)} is not a PyTorch checkpoint or is truncated/corrupt "
-                                  f"({size} bytes); expected {expected}.") from None
-        raise CheckpointError(f"{_describe(path)} could not be read as a PyTorch checkpoint "
-                              f"({type(exc).__name__}: {text.splitlines()[0] if text else ''}); "
-                              f"expected {expected}.") from None
+    from .safe_pickle import load_torch_file
+
+    return load_torch_file(path, expected, allow_namespace=allow_namespace, check=check, mmap=mmap, reader=reader)
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,16 +88,23 @@ def is_stylegan2_state(state: Mapping[str, torch.Tensor]) -> bool:
 
 def infer_stylegan2_config(state: Mapping[str, torch.Tensor], prefix: str = "") -> dict:
     """Generator config from tensor shapes: size from the number of ToRGB blocks, n_mlp from the
-    mapping layers, style_dim from their width, channel_multiplier from the last block's width."""
+    mapping layers, style_dim from their width, channel_multiplier from the last block's width.
+    Works on :class:`~pastiche_core.safe_pickle.TensorMeta` too (only shapes are read)."""
     from .models.stylegan2 import channel_counts
 
     n_blocks = _count(state, rf"^{re.escape(prefix)}to_rgbs\.(\d+)\.bias$")
     n_mlp = _count(state, rf"^{re.escape(prefix)}style\.(\d+)\.weight$")
     if n_blocks == 0 or n_mlp == 0:
         raise KeyError("no StyleGAN2 generator tensors (to_rgbs.*, style.*) found")
+    if n_blocks > 12:  # 2 ** (n_blocks + 2) would be far beyond any real generator
+        raise KeyError(f"{n_blocks} ToRGB blocks (a {2 ** min(n_blocks + 2, 64)}px generator?)")
     size = 2 ** (n_blocks + 2)
-    style_dim = state[f"{prefix}style.1.weight"].shape[1]
-    last_channels = state[f"{prefix}to_rgbs.{n_blocks - 1}.conv.weight"].shape[2]
+    try:
+        style_dim = state[f"{prefix}style.1.weight"].shape[1]
+        last_channels = state[f"{prefix}to_rgbs.{n_blocks - 1}.conv.weight"].shape[2]
+    except (KeyError, IndexError, AttributeError):
+        raise KeyError(f"{prefix}style.1.weight or {prefix}to_rgbs.{n_blocks - 1}.conv.weight is missing or not "
+                       f"a matrix/conv weight") from None
     multiplier = 2
     if size >= 64:
         matches = [m for m in (1, 2, 4, 8) if channel_counts(m)[size] == last_channels]
@@ -122,6 +112,79 @@ def infer_stylegan2_config(state: Mapping[str, torch.Tensor], prefix: str = "") 
             raise KeyError(f"last ToRGB has {last_channels} input channels, which no channel multiplier gives at {size}px")
         multiplier = matches[0]
     return {"size": size, "style_dim": int(style_dim), "n_mlp": n_mlp, "channel_multiplier": multiplier}
+
+
+# The official families: StyleGAN2 config-f (style_dim 512, 8 mapping layers, channel multiplier
+# 2; 1 for the smaller rosinality configs) at 256..1024. 32..128 are accepted for the tiny
+# models the training tests write. Anything else is refused *before* a model is built, so a
+# file cannot make us allocate a generator of its choosing.
+GENERATOR_SIZES = (32, 64, 128, 256, 512, 1024)
+GENERATOR_STYLE_DIM = 512
+GENERATOR_N_MLP = 8
+GENERATOR_MULTIPLIERS = (1, 2)
+
+
+def check_generator_config(config: Mapping, kind: str = "stylegan2") -> None:
+    """Raise ``KeyError`` (a message) unless ``config`` is one of the official generator families."""
+    size = config.get("size")
+    if size not in GENERATOR_SIZES:
+        raise KeyError(f"size {size} is not one of {', '.join(map(str, GENERATOR_SIZES))}")
+    if config.get("style_dim") != GENERATOR_STYLE_DIM:
+        raise KeyError(f"style_dim {short(repr(config.get('style_dim')), 40)} is not {GENERATOR_STYLE_DIM}")
+    if config.get("n_mlp") != GENERATOR_N_MLP:
+        raise KeyError(f"n_mlp {config.get('n_mlp')} is not {GENERATOR_N_MLP}")
+    if config.get("channel_multiplier") not in GENERATOR_MULTIPLIERS:
+        raise KeyError(f"channel_multiplier {config.get('channel_multiplier')} is not 1 or 2")
+    if kind == "dualstylegan":
+        n_latent = 2 * (size.bit_length() - 1) - 2
+        if not (isinstance(config.get("res_index"), int) and 0 <= config["res_index"] < n_latent):
+            raise KeyError(f"res_index {config.get('res_index')} is outside 0..{n_latent - 1}")
+
+
+def _expected_shapes(kind: str, config: Mapping) -> dict[str, tuple]:
+    """Key -> shape of the model a (checked) config describes, built on the meta device (no memory)."""
+    from .models import DualStyleGAN, Generator
+
+    with torch.device("meta"):
+        model = DualStyleGAN(**config) if kind == "dualstylegan" else Generator(**config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _state_problems(ours: Mapping[str, tuple], state: Mapping) -> list[str]:
+    missing = [k for k in ours if k not in state]
+    unexpected = [k for k in state if k not in ours]
+    wrong = [f"{k} {list(state[k].shape)} (expected {list(v)})" for k, v in ours.items()
+             if k in state and tuple(state[k].shape) != tuple(v)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {short(', '.join(missing[:3]), 200)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {short(', '.join(map(str, unexpected[:3])), 200)})")
+    if wrong:
+        problems.append(f"{len(wrong)} tensors of the wrong shape (e.g. {short('; '.join(wrong[:2]), 200)})")
+    return problems
+
+
+def generator_config(kind: str, state: Mapping, path: Path) -> dict:
+    """The inferred, family-checked config of a generator state dict (tensors or TensorMeta)."""
+    try:
+        config = infer_dualstylegan_config(state) if kind == "dualstylegan" else infer_stylegan2_config(state)
+        check_generator_config(config, kind)
+    except KeyError as exc:
+        raise CheckpointError(f"{_describe(path)}: cannot infer the {kind} configuration: {exc.args[0]}") from None
+    return config
+
+
+def check_generator_state(kind: str, state: Mapping, path: Path) -> dict:
+    """Refuse a state dict whose keys/shapes are not exactly the model its config describes.
+
+    Runs on :class:`~pastiche_core.safe_pickle.TensorMeta` (before the data is read) as well."""
+    config = generator_config(kind, state, path)
+    problems = _state_problems(_expected_shapes(kind, config), state)
+    if problems:
+        raise CheckpointError(f"{_describe(path)} does not match a {kind} generator of config {config}: "
+                              + "; ".join(problems))
+    return config
 
 
 def infer_dualstylegan_config(state: Mapping[str, torch.Tensor]) -> dict:
@@ -145,20 +208,67 @@ SG2_EXPECTED = ("a StyleGAN2 generator (rosinality's stylegan2-ffhq-config-f.pt,
                 "or our .safetensors)")
 
 
-def read_safetensors(path: str | os.PathLike, expected: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file, with clear errors."""
+def read_safetensors(path: str | os.PathLike, expected: str, check=None
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, with clear errors.
+
+    The header is parsed and every entry checked against the file size first; ``check(metas,
+    metadata)`` (tensors as :class:`~pastiche_core.safe_pickle.TensorMeta`) can refuse the file
+    before any tensor is read."""
     from safetensors import safe_open
+
+    from .safe_pickle import read_safetensors_header
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{_describe(path)} does not exist (expected {expected})")
+    metas, meta = read_safetensors_header(path, expected)
+    if check is not None:
+        check(metas, meta)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise CheckpointError(f"{_describe(path)} is not a readable safetensors file ({exc}); expected {expected}") from None
+    except Exception as exc:  # the header was checked; this is I/O or a library-level refusal
+        raise CheckpointError(f"{_describe(path)} is not a readable safetensors file ({short(str(exc), 200)}); "
+                              f"expected {expected}") from None
     return tensors, meta
+
+
+def _is_tensor(v) -> bool:
+    from .safe_pickle import TensorMeta
+
+    return isinstance(v, (torch.Tensor, TensorMeta))
+
+
+def _select_state(ckpt, key: str, path: Path):
+    """``(kind, state, latent_avg)`` of an official generator checkpoint dict (tensors or TensorMeta)."""
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"{_describe(path)} holds a {type(ckpt).__name__}, not a checkpoint dict with '{key}'")
+    if key in ckpt:
+        state = ckpt[key]
+    elif ckpt and all(_is_tensor(v) for v in ckpt.values()):
+        state = ckpt  # a bare state dict
+    else:
+        has = short(", ".join(map(str, list(ckpt)[:8])), 200)
+        raise CheckpointError(f"{_describe(path)} has no '{key}' entry (it has: {has}); "
+                              f"expected {DSG_EXPECTED} or {SG2_EXPECTED}")
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and _is_tensor(v) for k, v in state.items()):
+        raise CheckpointError(f"{_describe(path)}: '{key}' is not a state dict of tensors")
+    latent_avg = ckpt.get("latent_avg")
+    if is_dualstylegan_state(state):
+        return "dualstylegan", state, latent_avg
+    if is_stylegan2_state(state):
+        return "stylegan2", state, latent_avg
+    sample = short(", ".join(list(state)[:5]), 200)
+    raise CheckpointError(f"{_describe(path)}: '{key}' is neither a DualStyleGAN nor a StyleGAN2 generator "
+                          f"(first keys: {sample}); expected {DSG_EXPECTED} or {SG2_EXPECTED}")
+
+
+def _check_latent_avg(latent_avg, path: Path) -> None:
+    if _is_tensor(latent_avg) and (latent_avg.ndim > 2 or latent_avg.shape[-1:] != (GENERATOR_STYLE_DIM,)
+                                   or latent_avg.numel() > 18 * GENERATOR_STYLE_DIM):
+        raise CheckpointError(f"{_describe(path)}: latent_avg has shape {list(latent_avg.shape)}; expected [512]")
 
 
 def read_generator_file(path: str | os.PathLike, key: str = "g_ema") -> tuple[str, dict[str, torch.Tensor], dict]:
@@ -167,57 +277,58 @@ def read_generator_file(path: str | os.PathLike, key: str = "g_ema") -> tuple[st
     kind is "dualstylegan" or "stylegan2"; extras holds ``latent_avg`` when the file has it.
     Official ``.pt`` files: the state dict under ``key`` (``g_ema`` by default; ``g`` for the
     non-EMA training copy). Our ``.safetensors``: the tensors plus the model kind in metadata.
+    Keys, shapes and the config (an official family) are checked before the weights are read.
     """
+    from .safe_pickle import parse_json_meta
+
     path = Path(path)
     extras: dict = {}
     if path.suffix == ".safetensors":
-        tensors, meta = read_safetensors(path, "a Pastiche generator .safetensors")
-        if meta.get(FORMAT_KEY) is None or meta.get(MODEL_KEY) not in ("dualstylegan", "stylegan2"):
-            raise CheckpointError(f"{_describe(path)} is a safetensors file but not a Pastiche generator "
-                                  f"(metadata {MODEL_KEY!r} is {meta.get(MODEL_KEY)!r}); convert official files "
-                                  f"with `python -m pastiche_core convert IN.pt OUT.safetensors`")
-        for name in json.loads(meta.get("pastiche.extras", "[]")):
+        where = _describe(path)
+        found: dict = {}
+
+        def check(metas, meta):
+            if meta.get(FORMAT_KEY) is None or meta.get(MODEL_KEY) not in ("dualstylegan", "stylegan2"):
+                raise CheckpointError(f"{where} is a safetensors file but not a Pastiche generator "
+                                      f"(metadata {MODEL_KEY!r} is {short(repr(meta.get(MODEL_KEY)), 60)}); convert "
+                                      f"official files with `python -m pastiche_core convert IN.pt OUT.safetensors`")
+            names = parse_json_meta(meta, "pastiche.extras", [], list, where)
+            order = parse_json_meta(meta, "pastiche.keys", [], list, where)
+            if not all(isinstance(n, str) and n in metas for n in names) or not all(isinstance(k, str) for k in order):
+                raise CheckpointError(f"{where}: metadata 'pastiche.extras'/'pastiche.keys' name tensors the file "
+                                      f"does not have")
+            state = {k: v for k, v in metas.items() if k not in names}
+            kind = meta[MODEL_KEY]
+            if kind == "dualstylegan" and not is_dualstylegan_state(state) or \
+                    kind == "stylegan2" and not is_stylegan2_state(state):
+                raise CheckpointError(f"{where}: metadata says {kind}, but the tensors are not one")
+            check_generator_state(kind, state, path)
+            _check_latent_avg(metas.get("latent_avg"), path)
+            found.update(kind=kind, names=names, order=order)
+
+        tensors, _ = read_safetensors(path, "a Pastiche generator .safetensors", check)
+        for name in found["names"]:
             extras[name] = tensors.pop(name)
-        order = json.loads(meta.get("pastiche.keys", "[]"))  # safetensors sorts keys; keep the official order
+        order = found["order"]  # safetensors sorts keys; keep the official order
         if sorted(order) == sorted(tensors):
             tensors = {k: tensors[k] for k in order}
-        return meta[MODEL_KEY], tensors, extras
-    ckpt = safe_torch_load(path, "a generator checkpoint")
-    if not isinstance(ckpt, Mapping):
-        raise CheckpointError(f"{_describe(path)} holds a {type(ckpt).__name__}, not a checkpoint dict with '{key}'")
-    if key in ckpt:
-        state = ckpt[key]
-    elif all(isinstance(v, torch.Tensor) for v in ckpt.values()) and ckpt:
-        state = ckpt  # a bare state dict
-    else:
-        raise CheckpointError(f"{_describe(path)} has no '{key}' entry (it has: {', '.join(map(str, list(ckpt)[:8]))}); "
-                              f"expected {DSG_EXPECTED} or {SG2_EXPECTED}")
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{_describe(path)}: '{key}' is not a state dict of tensors")
-    if isinstance(ckpt.get("latent_avg"), torch.Tensor):
-        extras["latent_avg"] = ckpt["latent_avg"]
-    if is_dualstylegan_state(state):
-        return "dualstylegan", dict(state), extras
-    if is_stylegan2_state(state):
-        return "stylegan2", dict(state), extras
-    sample = ", ".join(list(state)[:5])
-    raise CheckpointError(f"{_describe(path)}: '{key}' is neither a DualStyleGAN nor a StyleGAN2 generator "
-                          f"(first keys: {sample}); expected {DSG_EXPECTED} or {SG2_EXPECTED}")
+        return found["kind"], tensors, extras
+
+    def check(ckpt):
+        kind, state, latent_avg = _select_state(ckpt, key, path)
+        check_generator_state(kind, state, path)
+        _check_latent_avg(latent_avg, path)
+
+    ckpt = safe_torch_load(path, "a generator checkpoint", check)
+    kind, state, latent_avg = _select_state(ckpt, key, path)
+    if isinstance(latent_avg, torch.Tensor):
+        extras["latent_avg"] = latent_avg
+    return kind, dict(state), extras
 
 
 def _load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path, expected: str) -> None:
     ours = model.state_dict()
-    missing = [k for k in ours if k not in state]
-    unexpected = [k for k in state if k not in ours]
-    wrong = [f"{k} {list(state[k].shape)} (expected {list(v.shape)})" for k, v in ours.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-    if wrong:
-        problems.append(f"{len(wrong)} tensors of the wrong shape (e.g. {'; '.join(wrong[:2])})")
+    problems = _state_problems({k: tuple(v.shape) for k, v in ours.items()}, state)
     if problems:
         raise CheckpointError(f"{_describe(path)} does not match {expected}: " + "; ".join(problems))
     model.load_state_dict({k: v.to(ours[k].dtype) for k, v in state.items()}, strict=True)
@@ -229,18 +340,11 @@ def _finish(model: torch.nn.Module, device, dtype) -> torch.nn.Module:
 
 
 def build_generator(kind: str, state: Mapping[str, torch.Tensor], path: Path):
-    """Instantiate the model a state dict describes and load it strictly."""
+    """Instantiate the model a state dict describes (an official family) and load it strictly."""
     from .models import DualStyleGAN, Generator
 
-    try:
-        if kind == "dualstylegan":
-            config = infer_dualstylegan_config(state)
-            model = DualStyleGAN(**config)
-        else:
-            config = infer_stylegan2_config(state)
-            model = Generator(**config)
-    except KeyError as exc:
-        raise CheckpointError(f"{_describe(path)}: cannot infer the {kind} configuration: {exc.args[0]}") from None
+    config = generator_config(kind, state, path)
+    model = DualStyleGAN(**config) if kind == "dualstylegan" else Generator(**config)
     _load_strict(model, state, path, f"a {kind} generator of config {config}")
     return model
 

@@ -7,8 +7,10 @@ Official banks
 (destylized intrinsic codes) are ``np.save`` of a Python dict ``file name -> float32 [1, 18,
 512]``: an object ``.npy`` whose payload is a *pickle*. Unpickling runs code, so we never let
 numpy unpickle such a file: :func:`read_npy_bank` parses the header with
-numpy's format helpers and unpickles with an allow-list of exactly the globals a bank needs
-(found by disassembling numpy-1.26 and numpy-2.x written banks with ``pickletools``):
+numpy's format helpers and reads the pickle with :mod:`pastiche_core.safe_pickle` (bounded
+size, depth and object count; every array's data checked against its shape) accepting exactly
+the globals a bank needs (found by disassembling numpy-1.26 and numpy-2.x written banks with
+``pickletools``):
 
 * ``numpy.core.multiarray._reconstruct`` (numpy 1.x writers -- the released banks) or
   ``numpy._core.multiarray._reconstruct`` (numpy 2.x writers),
@@ -44,8 +46,9 @@ import numpy as np
 import torch
 
 from .checkpoints import CONFIG_KEY, FORMAT_KEY, FORMAT_VERSION, MODEL_KEY, _atomic_write, read_safetensors
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, short
 from .models.dualstylegan import layer_weights
+from .safe_pickle import load_npy_pickle, parse_json_meta
 
 BANK_MODEL = "style_bank"
 NAMES_KEY = "pastiche.names"
@@ -74,35 +77,16 @@ _ALLOWED_GLOBALS = {
 }
 
 
-class _RefusedGlobal(Exception):
-    def __init__(self, module: str, name: str):
-        super().__init__(f"{module}.{name}")
-        self.module, self.name = module, name
-
-
-class _BankUnpickler(pickle.Unpickler):
-    """Resolves only the allow-listed numpy globals; never imports anything."""
-
-    def find_class(self, module: str, name: str):
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise _RefusedGlobal(module, name) from None
-
-    def persistent_load(self, pid):
-        raise _RefusedGlobal("<persistent id>", repr(pid)[:60])
-
-
 def _code_array(value, where: str, key: str) -> np.ndarray:
     """A bank entry -> float32 ``[L, D]`` (accepts the official ``[1, L, D]``)."""
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu":
-        raise CheckpointError(f"{where}: entry {key!r} is a {type(value).__name__}"
+        raise CheckpointError(f"{where}: entry {short(repr(key), 80)} is a {type(value).__name__}"
                               f"{' of dtype ' + str(value.dtype) if isinstance(value, np.ndarray) else ''}, "
                               f"not a numeric array; expected {BANK_EXPECTED}")
     if value.ndim == 3 and value.shape[0] == 1:
         value = value[0]
     if value.ndim != 2:
-        raise CheckpointError(f"{where}: entry {key!r} has shape {list(value.shape)}; expected [1, n_latent, 512]")
+        raise CheckpointError(f"{where}: entry {short(repr(key), 80)} has shape {list(value.shape)}; expected [1, n_latent, 512]")
     return np.ascontiguousarray(value, dtype=np.float32)
 
 
@@ -125,20 +109,13 @@ def read_npy_bank(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
             else:
                 raise ValueError(f"unsupported .npy format version {version}")
-        except ValueError as exc:
-            raise CheckpointError(f"{where} is not a readable .npy file ({exc}); expected {BANK_EXPECTED}") from None
-        if dtype != np.dtype(object) or shape != ():
-            raise CheckpointError(f"{where} holds a plain {dtype} array of shape {list(shape)}, not a pickled dict "
-                                  f"of codes; expected {BANK_EXPECTED}")
-        try:
-            obj = _BankUnpickler(fh, encoding="latin1").load()
-        except _RefusedGlobal as exc:
-            raise CheckpointError(f"{where} is not a plain style bank: its pickle references the global "
-                                  f"'{exc.module}.{exc.name}', which is not allowed (a style bank needs only numpy "
-                                  f"arrays); refusing to unpickle it") from None
-        except Exception as exc:  # truncated or malformed pickle
-            raise CheckpointError(f"{where} has a corrupt or truncated pickle payload ({type(exc).__name__}: {exc}); "
+        except (ValueError, EOFError, TypeError, SyntaxError, OverflowError, RecursionError) as exc:
+            raise CheckpointError(f"{where} is not a readable .npy file ({short(str(exc), 200)}); "
                                   f"expected {BANK_EXPECTED}") from None
+        if dtype != np.dtype(object) or shape != ():
+            raise CheckpointError(f"{where} holds a plain {dtype} array of shape {short(str(list(shape)), 80)}, not a pickled dict "
+                                  f"of codes; expected {BANK_EXPECTED}")
+        obj = load_npy_pickle(fh, where, BANK_EXPECTED)
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
         obj = obj[()]
     if not isinstance(obj, dict):
@@ -146,7 +123,7 @@ def read_npy_bank(path: str | os.PathLike) -> dict[str, np.ndarray]:
     bank: dict[str, np.ndarray] = {}
     for key, value in obj.items():
         if not isinstance(key, str):
-            raise CheckpointError(f"{where}: key {key!r} is a {type(key).__name__}, not a file name string")
+            raise CheckpointError(f"{where}: key {short(repr(key), 80)} is a {type(key).__name__}, not a file name string")
         bank[key] = _code_array(value, where, key)[None]
     return bank
 
@@ -265,21 +242,29 @@ class StyleBank:
     @classmethod
     def load_safetensors(cls, path: str | os.PathLike) -> "StyleBank":
         path = Path(path)
-        tensors, meta = read_safetensors(path, BANK_EXPECTED)
-        if meta.get(MODEL_KEY) != BANK_MODEL or "codes" not in tensors:
-            raise CheckpointError(f"'{path}' is a safetensors file but not a Pastiche style bank "
-                                  f"(metadata {MODEL_KEY!r} is {meta.get(MODEL_KEY)!r}); expected {BANK_EXPECTED}")
-        try:
-            names = json.loads(meta[NAMES_KEY])
-            config = json.loads(meta.get(CONFIG_KEY, "{}"))
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"'{path}': style bank metadata is missing or unreadable ({exc})") from None
-        codes = tensors["codes"]
-        if (not isinstance(names, list) or not all(isinstance(n, str) for n in names) or codes.ndim != 3
-                or codes.shape[0] != len(names)):
-            raise CheckpointError(f"'{path}': {len(names) if isinstance(names, list) else '?'} names for codes of "
-                                  f"shape {list(codes.shape)}; the bank is inconsistent")
-        space = meta.get(SPACE_KEY, config.get("space", "z+"))
+        where = f"'{path}'"
+        found: dict = {}
+
+        def check(metas, meta):
+            if meta.get(MODEL_KEY) != BANK_MODEL or "codes" not in metas:
+                raise CheckpointError(f"{where} is a safetensors file but not a Pastiche style bank (metadata "
+                                      f"{MODEL_KEY!r} is {short(repr(meta.get(MODEL_KEY)), 60)}); expected {BANK_EXPECTED}")
+            if NAMES_KEY not in meta:
+                raise CheckpointError(f"{where}: style bank metadata {NAMES_KEY!r} is missing")
+            names = parse_json_meta(meta, NAMES_KEY, [], list, where)
+            config = parse_json_meta(meta, CONFIG_KEY, {}, dict, where)
+            codes = metas["codes"]
+            if not all(isinstance(n, str) for n in names) or codes.ndim != 3 or codes.shape[0] != len(names):
+                raise CheckpointError(f"{where}: {len(names)} names for codes of shape {list(codes.shape)}; "
+                                      f"the bank is inconsistent")
+            space = meta.get(SPACE_KEY, config.get("space", "z+"))
+            if space not in SPACES:
+                raise CheckpointError(f"{where}: style bank space {short(repr(space), 40)} is not one of "
+                                      f"{', '.join(SPACES)}")
+            found.update(names=names, space=space)
+
+        tensors, meta = read_safetensors(path, BANK_EXPECTED, check)
+        names, codes, space = found["names"], tensors["codes"], found["space"]
         try:
             return cls(names, codes, space=space, n_latent=codes.shape[1], style_dim=codes.shape[2])
         except InputError as exc:

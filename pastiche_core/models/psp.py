@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints import safe_torch_load
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, short
 from .irse import make_body, make_input_layer
 from .ops import EqualLinear
 from .stylegan2 import Generator, NoiseSpec
@@ -159,15 +159,37 @@ def infer_space(path: str | os.PathLike | None, opts: Mapping) -> tuple[str, str
 def _decoder_size_from_keys(state_dict: Mapping) -> int | None:
     """Generator size from the number of ``decoder.noises.noise_i`` buffers (2*log2(size) - 3)."""
     n = sum(1 for k in state_dict if k.startswith("decoder.noises.noise_"))
-    if n < 3 or (n + 3) % 2:
+    if n < 3 or (n + 3) % 2 or n > 40:
         return None
     return 2 ** ((n + 3) // 2)
 
 
+def _is_tensor(v) -> bool:
+    from ..safe_pickle import TensorMeta
+
+    return isinstance(v, (torch.Tensor, TensorMeta))
+
+
+_OPT_VALUES = (str, int, float, bool, type(None))
+
+
+def _check_opts(opts: Mapping, where: str) -> None:
+    """pSp options are a flat dict of plain values (``vars(argparse.Namespace)``); anything else
+    (nested containers, tensors) is not an options dict and would only end up in messages."""
+    for k, v in opts.items():
+        if not isinstance(k, str) or not (isinstance(v, _OPT_VALUES) or
+                                          (isinstance(v, (list, tuple)) and len(v) <= 64
+                                           and all(isinstance(x, _OPT_VALUES) for x in v))):
+            raise CheckpointError(f"{where}: opts entry {short(repr(k), 60)} is a {type(v).__name__}, not a plain "
+                                  f"option value (str, number, bool, None or a short list of them)")
+        if isinstance(v, str) and len(v) > 4096:
+            raise CheckpointError(f"{where}: opts entry {short(repr(k), 60)} is a {len(v):,}-character string")
+
+
 def _sample(keys, k: int = 4) -> str:
-    keys = sorted(keys)
+    keys = sorted(map(str, keys))
     more = f", ... ({len(keys)} in all)" if len(keys) > k else ""
-    return ", ".join(repr(x) for x in keys[:k]) + more
+    return short(", ".join(repr(x) for x in keys[:k]), 240) + more
 
 
 class PSPEncoder(nn.Module):
@@ -323,38 +345,49 @@ class PSPEncoder(nn.Module):
         (default: CPU, float32 as stored). Raises :class:`CheckpointError` naming the file.
         """
         what = "a pSp encoder checkpoint (encoder.pt / encoder_wplus.pt: a dict with state_dict, opts, latent_avg)"
-        ckpt = safe_torch_load(path, what)
         where = f"'{path}'"
-        if not isinstance(ckpt, Mapping):
-            raise CheckpointError(f"{where} holds a {type(ckpt).__name__}, not {what}")
-        if "state_dict" not in ckpt:
-            keys = list(ckpt.keys())
-            if "g_ema" in ckpt or any(str(k).startswith(("style.", "convs.", "to_rgbs.")) for k in keys):
-                kind = "a StyleGAN2/DualStyleGAN generator checkpoint"
-            elif any(str(k).startswith("output_layer.") for k in keys):
-                kind = "the ArcFace IR-SE50 ID-loss model (model_ir_se50.pth)"
-            elif "color" in ckpt and "structure" in ckpt:
-                kind = "a DualStyleGAN sampler (sampler.pt)"
-            else:
-                kind = f"a dict with keys {_sample(map(str, keys))}"
-            raise CheckpointError(f"{where} is {kind}, not {what}")
-        opts = ckpt.get("opts", None)
-        if not isinstance(opts, Mapping):
-            raise CheckpointError(f"{where}: 'opts' must be a dict of pSp options, got "
-                                  f"{type(opts).__name__}; expected {what}")
-        state_dict = ckpt["state_dict"]
-        if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-            raise CheckpointError(f"{where}: 'state_dict' must map names to tensors; expected {what}")
-        return cls.from_state_dict(state_dict, opts, ckpt.get("latent_avg"), space=space, source=path,
+
+        def parts(ckpt):
+            if not isinstance(ckpt, Mapping):
+                raise CheckpointError(f"{where} holds a {type(ckpt).__name__}, not {what}")
+            if "state_dict" not in ckpt:
+                keys = list(ckpt.keys())
+                if "g_ema" in ckpt or any(str(k).startswith(("style.", "convs.", "to_rgbs.")) for k in keys):
+                    kind = "a StyleGAN2/DualStyleGAN generator checkpoint"
+                elif any(str(k).startswith("output_layer.") for k in keys):
+                    kind = "the ArcFace IR-SE50 ID-loss model (model_ir_se50.pth)"
+                elif "color" in ckpt and "structure" in ckpt:
+                    kind = "a DualStyleGAN sampler (sampler.pt)"
+                else:
+                    kind = f"a dict with keys {_sample(map(str, keys))}"
+                raise CheckpointError(f"{where} is {kind}, not {what}")
+            opts = ckpt.get("opts", None)
+            if not isinstance(opts, Mapping):
+                raise CheckpointError(f"{where}: 'opts' must be a dict of pSp options, got "
+                                      f"{type(opts).__name__}; expected {what}")
+            _check_opts(opts, where)
+            state_dict = ckpt["state_dict"]
+            if not isinstance(state_dict, Mapping) or not all(isinstance(k, str) and _is_tensor(v)
+                                                              for k, v in state_dict.items()):
+                raise CheckpointError(f"{where}: 'state_dict' must map names to tensors; expected {what}")
+            return state_dict, opts, ckpt.get("latent_avg")
+
+        def check(ckpt):  # everything but the weights' values, before they are read
+            state_dict, opts, latent_avg = parts(ckpt)
+            cls.from_state_dict(state_dict, opts, latent_avg, space=space, source=path, _check_only=True)
+
+        state_dict, opts, latent_avg = parts(safe_torch_load(path, what, check))
+        return cls.from_state_dict(state_dict, opts, latent_avg, space=space, source=path,
                                    device=device, dtype=dtype)
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], opts: Mapping | None = None,
                         latent_avg: torch.Tensor | None = None, *, space: str | None = None,
                         source: str | os.PathLike | None = None, device: torch.device | str | None = None,
-                        dtype: torch.dtype | None = None) -> "PSPEncoder":
+                        dtype: torch.dtype | None = None, _check_only: bool = False) -> "PSPEncoder":
         """Build from the parts of a checkpoint (see :meth:`from_checkpoint`). ``state_dict``
-        tensors are used as storage directly (no copy) when device and dtype already match."""
+        tensors are used as storage directly (no copy) when device and dtype already match.
+        ``_check_only``: validate (also :class:`~pastiche_core.safe_pickle.TensorMeta`) and return None."""
         opts = dict(opts or {})
         where = f"'{source}'" if source is not None else "pSp state dict"
         encoder_type = opts.get("encoder_type", "GradualStyleEncoder")
@@ -366,10 +399,13 @@ class PSPEncoder(nn.Module):
                                   f"(keys like {_sample(state_dict)})")
         output_size = opts.get("output_size") or _decoder_size_from_keys(state_dict) or 1024
         input_nc = opts.get("input_nc", 3)
-        if not isinstance(output_size, int) or output_size < 8 or output_size & (output_size - 1):
-            raise CheckpointError(f"{where}: opts output_size must be a power of two, got {output_size!r}")
-        if not isinstance(input_nc, int) or input_nc < 1:
-            raise CheckpointError(f"{where}: opts input_nc must be a positive int, got {input_nc!r}")
+        if isinstance(output_size, bool) or not isinstance(output_size, int) or not 16 <= output_size <= 1024 \
+                or output_size & (output_size - 1):
+            raise CheckpointError(f"{where}: opts output_size must be a power of two in 16..1024 (official: 1024), "
+                                  f"got {short(repr(output_size), 40)}")
+        if isinstance(input_nc, bool) or not isinstance(input_nc, int) or not 1 <= input_nc <= 16:
+            raise CheckpointError(f"{where}: opts input_nc must be an int in 1..16 (official: 3), "
+                                  f"got {short(repr(input_nc), 40)}")
         start_avg = bool(opts.get("start_from_latent_avg", False))
         if space is None:
             space, reason = infer_space(source, opts)
@@ -395,6 +431,15 @@ class PSPEncoder(nn.Module):
         if bad:
             raise CheckpointError(f"{where}: state_dict does not match {desc}: {len(bad)} tensors have the "
                                   f"wrong shape ({'; '.join(bad[:3])})")
+        if _check_only:
+            if latent_avg is not None:
+                if not _is_tensor(latent_avg):
+                    raise CheckpointError(f"{where}: latent_avg must be a tensor, got {type(latent_avg).__name__}")
+                shape = tuple(latent_avg.shape)
+                if shape not in ((512,), (1, 512), (model.n_styles, 512), (1, 1, 512), (1, model.n_styles, 512)):
+                    raise CheckpointError(f"{where}: latent_avg must be [{model.n_styles}, 512] (or [512]), "
+                                          f"got {list(shape)}")
+            return None
         model.load_state_dict(state_dict, strict=True, assign=True)
 
         if latent_avg is not None:

@@ -34,16 +34,20 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+import json
+
 import torch.nn.functional as F
 from torch import nn
 
-import json
-
 from ..checkpoints import CONFIG_KEY, FORMAT_KEY, FORMAT_VERSION, MODEL_KEY, _atomic_write, read_safetensors, safe_torch_load
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, short
 
 SAMPLER_EXPECTED = ("a DualStyleGAN sampler.pt (a dict {'color': state dict, 'structure': state dict} "
                     "written by train_sampler.py)")
+STYLE_DIM = 512          # every official generator's (and so every bank's) code width
+N_STRUCTURE_ROWS = 7     # rows 0..6 (res_index 6) are structure
+MAX_LATENT = 18          # a 1024px generator's n_latent
+MAX_WIDTH = 1024         # noise / hidden widths (official: 128)
 _NET_KEYS = ("lin1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var",
              "bn1.num_batches_tracked", "lin2.weight", "bn2.weight", "bn2.bias", "bn2.running_mean",
              "bn2.running_var", "bn2.num_batches_tracked", "lin_out.weight")
@@ -120,14 +124,22 @@ class StyleSampler(nn.Module):
                 "noise_dim": self.noise_dim, "hidden": self.structure.hidden}
 
     # -- loading -----------------------------------------------------------------------------
-    @classmethod
-    def from_state_dicts(cls, color: Mapping[str, torch.Tensor], structure: Mapping[str, torch.Tensor],
-                         path: str | os.PathLike = "<state dict>", style_dim: int = 512) -> "StyleSampler":
-        """Build from the two official state dicts (validated; loaded with ``strict=True``)."""
+    @staticmethod
+    def check_state_dicts(color: Mapping, structure: Mapping, path: str | os.PathLike = "<state dict>",
+                          style_dim=512) -> dict:
+        """The config the two nets describe, refused unless it is an official sampler family
+        (style_dim 512, 7 structure rows, 1..11 colour rows, noise/hidden widths up to 1024) and
+        every tensor has the shape of that config. Works on
+        :class:`~pastiche_core.safe_pickle.TensorMeta` too, so a file is refused before its data is read."""
+        from ..safe_pickle import TensorMeta
+
         where = f"'{path}'"
+        if isinstance(style_dim, bool) or style_dim != STYLE_DIM:
+            raise CheckpointError(f"{where}: sampler style_dim is {short(repr(style_dim), 40)}, expected {STYLE_DIM}")
         dims = {}
         for part, state in (("structure", structure), ("color", color)):
-            if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            if not isinstance(state, Mapping) or not all(isinstance(v, (torch.Tensor, TensorMeta))
+                                                         for v in state.values()):
                 raise CheckpointError(f"{where}: '{part}' is not a state dict of tensors; expected {SAMPLER_EXPECTED}")
             missing = [k for k in _NET_KEYS if k not in state]
             unexpected = [k for k in state if k not in _NET_KEYS]
@@ -136,7 +148,7 @@ class StyleSampler(nn.Module):
                 if missing:
                     problems.append(f"missing keys {', '.join(missing)}")
                 if unexpected:
-                    problems.append(f"unexpected keys {', '.join(list(unexpected)[:5])}")
+                    problems.append(f"unexpected keys {short(', '.join(map(str, list(unexpected)[:5])), 200)}")
                 raise CheckpointError(f"{where}: '{part}' is not an ICP sampler net ({'; '.join(problems)}); "
                                       f"expected {SAMPLER_EXPECTED}")
             lin1, out = state["lin1.weight"], state["lin_out.weight"]
@@ -148,33 +160,55 @@ class StyleSampler(nn.Module):
         if (noise_s, hid_s) != (noise_c, hid_c):
             raise CheckpointError(f"{where}: the structure and color nets disagree on noise/hidden size "
                                   f"({noise_s}/{hid_s} vs {noise_c}/{hid_c})")
-        model = cls(n_s, n_c, style_dim, noise_s, hid_s)
+        if n_s != N_STRUCTURE_ROWS or not 1 <= n_c <= MAX_LATENT - N_STRUCTURE_ROWS \
+                or not 1 <= noise_s <= MAX_WIDTH or not 1 <= hid_s <= MAX_WIDTH:
+            raise CheckpointError(f"{where}: a sampler of {n_s} structure rows, {n_c} colour rows, noise {noise_s}, "
+                                  f"hidden {hid_s} is not an official one ({N_STRUCTURE_ROWS} structure rows, "
+                                  f"1..{MAX_LATENT - N_STRUCTURE_ROWS} colour rows, widths up to {MAX_WIDTH})")
+        config = {"n_structure": n_s, "n_color": n_c, "style_dim": style_dim, "noise_dim": noise_s, "hidden": hid_s}
+        with torch.device("meta"):
+            model = StyleSampler(n_s, n_c, style_dim, noise_s, hid_s)
         for part, state in (("structure", structure), ("color", color)):
-            net: ICPNet = getattr(model, part)
-            ours = net.state_dict()
+            ours = getattr(model, part).state_dict()
             wrong = [f"{k} {list(state[k].shape)} (expected {list(v.shape)})" for k, v in ours.items()
                      if tuple(state[k].shape) != tuple(v.shape)]
             if wrong:
                 raise CheckpointError(f"{where}: '{part}' has tensors of the wrong shape: {'; '.join(wrong[:3])}")
+        return config
+
+    @classmethod
+    def from_state_dicts(cls, color: Mapping[str, torch.Tensor], structure: Mapping[str, torch.Tensor],
+                         path: str | os.PathLike = "<state dict>", style_dim: int = 512) -> "StyleSampler":
+        """Build from the two official state dicts (validated; loaded with ``strict=True``)."""
+        config = cls.check_state_dicts(color, structure, path, style_dim)
+        model = cls(**config)
+        for part, state in (("structure", structure), ("color", color)):
+            net: ICPNet = getattr(model, part)
+            if not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise CheckpointError(f"'{path}': '{part}' is not a state dict of tensors")
+            ours = net.state_dict()
             net.load_state_dict({k: v.to(ours[k].dtype) for k, v in state.items()}, strict=True)
         return model
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: torch.device | str | None = None,
                         dtype: torch.dtype | None = None) -> "StyleSampler":
-        """Load the official ``sampler.pt`` (``torch.load(weights_only=True)``), eval mode, no grad."""
+        """Load the official ``sampler.pt`` (bounded weights-only read, shapes checked first), eval mode, no grad."""
         path = Path(path)
         if path.suffix == ".safetensors":
             model = load_sampler_safetensors(path)
             return model.to(device=device, dtype=dtype) if (device is not None or dtype is not None) else model
-        ckpt = safe_torch_load(path, SAMPLER_EXPECTED)
-        if not isinstance(ckpt, Mapping):
-            raise CheckpointError(f"'{path}' holds a {type(ckpt).__name__}, not a dict; expected {SAMPLER_EXPECTED}")
-        absent = [k for k in ("color", "structure") if k not in ckpt]
-        if absent:
-            has = ", ".join(map(str, list(ckpt)[:8])) or "nothing"
-            raise CheckpointError(f"'{path}' has no {' / '.join(repr(a) for a in absent)} entry (it has: {has}); "
-                                  f"expected {SAMPLER_EXPECTED}")
+        def check(ckpt):
+            if not isinstance(ckpt, Mapping):
+                raise CheckpointError(f"'{path}' holds a {type(ckpt).__name__}, not a dict; expected {SAMPLER_EXPECTED}")
+            absent = [k for k in ("color", "structure") if k not in ckpt]
+            if absent:
+                has = short(", ".join(map(str, list(ckpt)[:8])), 200) or "nothing"
+                raise CheckpointError(f"'{path}' has no {' / '.join(repr(a) for a in absent)} entry (it has: {has}); "
+                                      f"expected {SAMPLER_EXPECTED}")
+            cls.check_state_dicts(ckpt["color"], ckpt["structure"], path)
+
+        ckpt = safe_torch_load(path, SAMPLER_EXPECTED, check, allow_namespace=False)
         model = cls.from_state_dicts(ckpt["color"], ckpt["structure"], path)
         model.eval().requires_grad_(False)
         if device is not None or dtype is not None:
@@ -300,16 +334,30 @@ def save_sampler_safetensors(path: str | os.PathLike, model: "StyleSampler",
 
 
 def load_sampler_safetensors(path: str | os.PathLike) -> "StyleSampler":
-    """Read :func:`save_sampler_safetensors` output -> :class:`StyleSampler` (eval mode, no grad)."""
+    """Read :func:`save_sampler_safetensors` output -> :class:`StyleSampler` (eval mode, no grad).
+    The config metadata and every shape are checked before the tensors are read."""
+    from ..safe_pickle import parse_json_meta
+
     path = Path(path)
-    tensors, meta = read_safetensors(path, "a Pastiche style-sampler .safetensors")
-    if meta.get(MODEL_KEY) != SAMPLER_MODEL:
-        raise CheckpointError(f"'{path}' is not a Pastiche style sampler (metadata {MODEL_KEY!r} is "
-                              f"{meta.get(MODEL_KEY)!r})")
-    parts = {p: {k[len(p) + 1:]: v for k, v in tensors.items() if k.startswith(p + ".")} for p in ("color", "structure")}
-    try:
-        style_dim = int(json.loads(meta.get(CONFIG_KEY, "{}")).get("style_dim", 512))
-    except (ValueError, AttributeError):
-        raise CheckpointError(f"'{path}': unreadable sampler config metadata") from None
-    model = StyleSampler.from_state_dicts(parts["color"], parts["structure"], path, style_dim=style_dim)
+    where = f"'{path}'"
+    found = {}
+
+    def split(tensors):
+        return {p: {k[len(p) + 1:]: v for k, v in tensors.items() if k.startswith(p + ".")} for p in ("color", "structure")}
+
+    def check(metas, meta):
+        if meta.get(MODEL_KEY) != SAMPLER_MODEL:
+            raise CheckpointError(f"{where} is not a Pastiche style sampler (metadata {MODEL_KEY!r} is "
+                                  f"{short(repr(meta.get(MODEL_KEY)), 60)})")
+        config = parse_json_meta(meta, CONFIG_KEY, {}, dict, where)
+        style_dim = config.get("style_dim", STYLE_DIM)
+        if isinstance(style_dim, bool) or not isinstance(style_dim, int):
+            raise CheckpointError(f"{where}: sampler config style_dim is {short(repr(style_dim), 40)}, expected {STYLE_DIM}")
+        parts = split(metas)
+        StyleSampler.check_state_dicts(parts["color"], parts["structure"], path, style_dim=style_dim)
+        found["style_dim"] = style_dim
+
+    tensors, meta = read_safetensors(path, "a Pastiche style-sampler .safetensors", check)
+    parts = split(tensors)
+    model = StyleSampler.from_state_dicts(parts["color"], parts["structure"], path, style_dim=found["style_dim"])
     return model.eval().requires_grad_(False)

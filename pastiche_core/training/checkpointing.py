@@ -33,7 +33,7 @@ import torch
 
 from ..atomic import atomic_write, remove_dead_temps
 from ..checkpoints import safe_torch_load
-from ..errors import CheckpointError
+from ..errors import CheckpointError, short
 
 FORMAT = "pastiche.train_state"
 VERSION = 1
@@ -180,19 +180,98 @@ def save_state(path: str | os.PathLike, state: Mapping) -> Path:
     return atomic_torch_save(dict(state), path)
 
 
+def _is_tensor(v) -> bool:
+    from ..safe_pickle import TensorMeta
+
+    return isinstance(v, (torch.Tensor, TensorMeta))
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_state(state, path: str | os.PathLike, stage: str | None = None) -> None:
+    """Refuse anything but a :func:`make_state` snapshot, naming the first wrong entry.
+
+    Runs on the walked file (tensors as :class:`~pastiche_core.safe_pickle.TensorMeta`) before
+    the data is read, so that resuming never meets a malformed state half-way through
+    :func:`apply_state` / :func:`restore_rng`."""
+    where = f"'{path}'"
+    if not isinstance(state, Mapping) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{where} is not {STATE_EXPECTED}")
+    version = state.get("version", 0)
+    if not _int(version):
+        raise CheckpointError(f"{where}: training-state version {short(repr(version), 40)} is not an integer")
+    if version > VERSION:
+        raise CheckpointError(f"{where} was written by a newer Pastiche (training-state version "
+                              f"{version}; this one reads up to {VERSION})")
+
+    def bad(entry: str, want: str):
+        raise CheckpointError(f"{where}: training-state entry {entry} is not {want}; the file is damaged or not "
+                              f"{STATE_EXPECTED}")
+
+    if not isinstance(state.get("stage"), str):
+        bad("'stage'", "a string")
+    for key in ("step", "total"):
+        if not _int(state.get(key)) or state[key] < 0:
+            bad(repr(key), "a non-negative integer")
+    if not isinstance(state.get("finished", False), bool):
+        bad("'finished'", "a bool")
+    for key in ("config", "extra"):
+        if not isinstance(state.get(key, {}), Mapping):
+            bad(repr(key), "a dict")
+    for group in ("models", "ema"):
+        models = state.get(group, {})
+        if not isinstance(models, Mapping):
+            bad(repr(group), "a dict of state dicts")
+        for name, sd in models.items():
+            if not isinstance(sd, Mapping) or not all(isinstance(k, str) and _is_tensor(v) for k, v in sd.items()):
+                bad(f"{group}[{short(repr(name), 60)}]", "a state dict of tensors")
+    optimizers = state.get("optimizers", {})
+    if not isinstance(optimizers, Mapping):
+        bad("'optimizers'", "a dict")
+    for name, opt in optimizers.items():
+        if not isinstance(opt, Mapping) or not isinstance(opt.get("state"), Mapping) \
+                or not isinstance(opt.get("param_groups"), list):
+            bad(f"optimizers[{short(repr(name), 60)}]", "an optimizer state dict (state, param_groups)")
+    rng = state.get("rng")
+    if not isinstance(rng, Mapping):
+        bad("'rng'", "a dict of RNG states")
+    if not (_is_tensor(rng.get("torch")) and rng["torch"].dtype == torch.uint8 and rng["torch"].ndim == 1):
+        bad("rng['torch']", "a uint8 tensor")
+    cuda = rng.get("cuda", [])
+    if not isinstance(cuda, (list, tuple)) or not all(_is_tensor(t) and t.dtype == torch.uint8 for t in cuda):
+        bad("rng['cuda']", "a list of uint8 tensors")
+    npst = rng.get("numpy")
+    if not (isinstance(npst, Mapping) and isinstance(npst.get("kind"), str) and _is_tensor(npst.get("keys"))
+            and npst["keys"].dtype == torch.int64 and tuple(npst["keys"].shape) == (624,)
+            and _int(npst.get("pos")) and _int(npst.get("has_gauss"))
+            and isinstance(npst.get("cached_gaussian"), (int, float)) and not isinstance(npst["cached_gaussian"], bool)):
+        bad("rng['numpy']", "numpy's MT19937 state (kind, keys int64 [624], pos, has_gauss, cached_gaussian)")
+    py = rng.get("python")
+    if not (isinstance(py, Mapping) and _int(py.get("version")) and _is_tensor(py.get("internal"))
+            and py["internal"].dtype == torch.int64 and tuple(py["internal"].shape) == (625,)
+            and (py.get("gauss_next") is None or isinstance(py.get("gauss_next"), float))):
+        bad("rng['python']", "Python's random state (version, internal int64 [625], gauss_next)")
+    generators = rng.get("generators", {})
+    if not isinstance(generators, Mapping) or not all(isinstance(k, str) and _is_tensor(v) and v.dtype == torch.uint8
+                                                     for k, v in generators.items()):
+        bad("rng['generators']", "a dict of uint8 generator states")
+    if stage is not None and state.get("stage") != stage:
+        raise CheckpointError(f"{where} is a training state of stage {short(repr(state.get('stage')), 60)}, "
+                              f"not {stage!r}")
+
+
 def load_state(path: str | os.PathLike, stage: str | None = None) -> dict:
-    """Read a training state with ``torch.load(weights_only=True)``; clear errors for a missing,
-    corrupt or foreign file, or one written by another stage."""
+    """Read a training state (bounded, weights-only); clear errors for a missing, corrupt or
+    foreign file, one written by another stage, or one whose entries are not what
+    :func:`make_state` writes (checked before the tensors are read)."""
     path = Path(path)
     remove_dead_temps(path.parent)  # only dead writers' leftovers: a live run's in-flight file stays
-    state = safe_torch_load(path, STATE_EXPECTED)
-    if not isinstance(state, Mapping) or state.get("format") != FORMAT:
-        raise CheckpointError(f"'{path}' is not {STATE_EXPECTED}")
-    if int(state.get("version", 0)) > VERSION:
-        raise CheckpointError(f"'{path}' was written by a newer Pastiche (training-state version "
-                              f"{state.get('version')}; this one reads up to {VERSION})")
-    if stage is not None and state.get("stage") != stage:
-        raise CheckpointError(f"'{path}' is a training state of stage {state.get('stage')!r}, not {stage!r}")
+    # no mmap: the next save replaces this very file, which a live mapping blocks on Windows
+    state = safe_torch_load(path, STATE_EXPECTED, lambda skeleton: check_state(skeleton, path, stage), mmap=False,
+                            allow_namespace=False)
+    check_state(state, path, stage)
     return dict(state)
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import (_load_strict, build_generator, infer_stylegan2_config, is_dualstylegan_state,
+from ..checkpoints import (_load_strict, build_generator, check_generator_state, infer_stylegan2_config,
+                           is_dualstylegan_state,
                            is_stylegan2_state, safe_torch_load, save_generator_safetensors)
 from ..atomic import atomic_write
 from ..checkpoints import save_generator_safetensors
@@ -63,7 +64,17 @@ def latest_numbered(prefix: str, folders: Sequence[Path]) -> Path | None:
 
 def read_training_file(path: Path, expected: str, required: Sequence[str]) -> dict:
     """A training checkpoint dict (weights-only load) that has the ``required`` entries."""
-    obj = safe_torch_load(path, expected)
+    def check(ckpt):  # generator entries: family and shapes checked before any weight is read
+        if isinstance(ckpt, Mapping):
+            for key in ("g_ema", "g"):
+                state = ckpt.get(key)
+                if key in required and isinstance(state, Mapping) and all(isinstance(k, str) for k in state):
+                    if is_dualstylegan_state(state):
+                        check_generator_state("dualstylegan", state, path)
+                    elif is_stylegan2_state(state):
+                        check_generator_state("stylegan2", state, path)
+
+    obj = safe_torch_load(path, expected, check)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"'{path}' is not {expected} (no dict inside)")
     missing = [k for k in required if k not in obj]

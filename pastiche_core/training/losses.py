@@ -156,9 +156,9 @@ class VGG19Features(nn.Module):
     def train(self, mode: bool = True) -> "VGG19Features":
         return super().train(False)  # no dropout/BN here, but keep it plainly in eval mode
 
-    def load_features(self, state: dict, path: str | os.PathLike = "<state dict>") -> "VGG19Features":
-        """Load ``features.N.*`` tensors (extra keys such as ``classifier.*`` are ignored)."""
-        ours = self.state_dict()
+    @staticmethod
+    def check_features(ours: dict, state: dict, path: str | os.PathLike) -> None:
+        """Refuse a state dict without our ``features.N.*`` keys/shapes (works on TensorMeta too)."""
         missing = [k for k in ours if k not in state]
         wrong = [f"{k} {list(state[k].shape)} (expected {list(v.shape)})" for k, v in ours.items()
                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
@@ -166,14 +166,26 @@ class VGG19Features(nn.Module):
             detail = (f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})" if missing
                       else f"tensors of the wrong shape: {'; '.join(wrong[:2])}")
             raise CheckpointError(f"'{path}' is not torchvision's VGG19 state dict ({VGG19_FILE}): {detail}")
+
+    def load_features(self, state: dict, path: str | os.PathLike = "<state dict>") -> "VGG19Features":
+        """Load ``features.N.*`` tensors (extra keys such as ``classifier.*`` are ignored)."""
+        ours = self.state_dict()
+        self.check_features(ours, state, path)
         self.load_state_dict({k: state[k].float() for k in ours}, strict=True)
         return self
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, n_slices: int = 5) -> "VGG19Features":
-        state = safe_torch_load(path, f"torchvision's VGG19 state dict ({VGG19_FILE})")
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"'{path}' is not a bare state dict of tensors (expected torchvision's {VGG19_FILE})")
+        from ..safe_pickle import TensorMeta
+
+        def check(state):  # keys and shapes before the 548 MB of weights are read
+            if not isinstance(state, dict) or not all(isinstance(v, (torch.Tensor, TensorMeta)) for v in state.values()):
+                raise CheckpointError(f"'{path}' is not a bare state dict of tensors (expected torchvision's {VGG19_FILE})")
+            with torch.device("meta"):
+                ours = cls(n_slices).state_dict()
+            cls.check_features(ours, state, path)
+
+        state = safe_torch_load(path, f"torchvision's VGG19 state dict ({VGG19_FILE})", check, allow_namespace=False)
         return cls(n_slices).load_features(state, path)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -293,13 +305,25 @@ class IDLoss(nn.Module):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "IDLoss":
-        from ..checkpoints import _load_strict
+        from ..checkpoints import _load_strict, _state_problems
         from ..models import Backbone
+        from ..safe_pickle import TensorMeta
 
-        state = safe_torch_load(path, f"the ArcFace IR-SE50 state dict ({IRSE50_FILE})")
-        if not isinstance(state, dict):
-            raise CheckpointError(f"'{path}' is not a bare state dict (expected {IRSE50_FILE})")
-        model = Backbone(input_size=112, num_layers=50, mode="ir_se", drop_ratio=0.6, affine=True)
+        def build():
+            return Backbone(input_size=112, num_layers=50, mode="ir_se", drop_ratio=0.6, affine=True)
+
+        def check(state):  # keys and shapes before the weights are read
+            if not isinstance(state, dict) or not all(isinstance(v, (torch.Tensor, TensorMeta)) for v in state.values()):
+                raise CheckpointError(f"'{path}' is not a bare state dict of tensors (expected {IRSE50_FILE})")
+            with torch.device("meta"):
+                ours = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+            problems = _state_problems(ours, state)
+            if problems:
+                raise CheckpointError(f"'{path}' does not match the ArcFace IR-SE50 network ({IRSE50_FILE}): "
+                                      + "; ".join(problems))
+
+        state = safe_torch_load(path, f"the ArcFace IR-SE50 state dict ({IRSE50_FILE})", check, allow_namespace=False)
+        model = build()
         _load_strict(model, state, Path(path), f"the ArcFace IR-SE50 network ({IRSE50_FILE})")
         return cls(model)
 
