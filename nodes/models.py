@@ -257,6 +257,9 @@ def load_bundle(style: str, precision: str = "auto", *, root: Path | None = None
             pipe.paths.require("encoder")
             pipe.paths.require("bank")
         bundle = DualStyleGANBundle(pipe, stylename, root, load_device, offload_device, dtype)
+        # the dtype depends on launch flags and the device: say which, for bug reports (and tests)
+        log.info("Pastiche: style '%s' runs on %s in %s (precision %s)", stylename, load_device,
+                 str(dtype).replace("torch.", ""), precision)
         # load the parts every graph needs now, so a wrong file fails here, in the loader
         bundle.generator()
         bundle.encoder("z+")
