@@ -35,7 +35,7 @@ def _inside_comfyui() -> bool:
 
 if _inside_comfyui():
     if importlib.util.find_spec("comfy_api") is None or importlib.util.find_spec("comfy_api.latest") is None:
-        raise ImportError("Pastiche needs a ComfyUI with the V3 node API (comfy_api.latest, ComfyUI 0.3.40 or "
+        raise ImportError("Pastiche needs a ComfyUI with the V3 node API (comfy_api.latest, ComfyUI 0.3.48 or "
                           "newer): update ComfyUI")
     _ensure_core()
     from .nodes import NODES, comfy_entrypoint, register_model_folder  # noqa: E402

@@ -16,10 +16,13 @@ def _detector_options() -> list[str]:
 
 
 class AlignFace(io.ComfyNode):
+    # No fingerprint_inputs: the output depends on the image tensor and the widgets only; the
+    # detector weights are set up once (dlib's package files, the facexlib weights file) and a
+    # missing one fails the run, which ComfyUI never caches.
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="AlignFace", display_name="Align Face (FFHQ)", category=f"{CATEGORY}/faces",
+            node_id="PasticheAlignFace", display_name="Align Face", category=f"{CATEGORY}/faces",
             description=("Finds faces in every photo of the batch and crops each one the way DualStyleGAN expects "
                          "(the official FFHQ alignment). Outputs the crops as an IMAGE batch and the face info that "
                          "Paste Face Back needs to put stylised crops back into the photos."),
@@ -87,7 +90,7 @@ class PasteFaceBack(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="PasteFaceBack", display_name="Paste Face Back", category=f"{CATEGORY}/faces",
+            node_id="PastichePasteFaceBack", display_name="Paste Face Back", category=f"{CATEGORY}/faces",
             description=("Puts stylised face crops back into the original photos: each crop is warped with the "
                          "inverse of its alignment and blended through a feathered face-shaped mask; pixels outside "
                          "the masks are unchanged."),

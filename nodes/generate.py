@@ -36,7 +36,7 @@ class DualStyleGANGenerate(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="DualStyleGANGenerate", display_name="DualStyleGAN Generate", category=f"{CATEGORY}",
+            node_id="PasticheDualStyleGANGenerate", display_name="DualStyleGAN Generate", category=f"{CATEGORY}",
             description=("Stylises aligned face crops: each face is encoded (pSp), combined with an extrinsic style "
                          "through the per-layer weights, and rendered by DualStyleGAN (the official "
                          "style_transfer.py path). Batches pair up: one face with N styles or weight sets, N faces "
@@ -45,7 +45,7 @@ class DualStyleGANGenerate(io.ComfyNode):
                 DualStyleGANModel.Input("model", tooltip="From Load DualStyleGAN."),
                 io.Image.Input("faces", tooltip="Aligned face crops (square; from Align Face, or already-aligned "
                                                  "photos such as the official test images)."),
-                DualStyleGANStyle.Input("style", tooltip="From Exemplar Style, Sample Random Style or Interpolate Styles."),
+                DualStyleGANStyle.Input("style", tooltip="From Encode Exemplar Style, Sample Random Style or Interpolate Styles."),
                 DualStyleGANWeights.Input("weights", optional=True,
                                           tooltip="From Mix Style Layers or Style Weight Grid. Not connected: the "
                                                   "official default (structure 0.75, colour 1)."),
@@ -57,8 +57,12 @@ class DualStyleGANGenerate(io.ComfyNode):
                 io.Combo.Input("noise", options=["stored", "random"], default="stored",
                                tooltip="Generator noise: the checkpoint's stored maps (reproducible, official) or "
                                        "random maps from the seed."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="With noise = random: output i uses seed + i."),
+                # No "control after generate": the frontend would otherwise add one (it does for every INT
+                # named seed) and randomise the seed after each run, so ComfyUI would re-render every
+                # image on every queue although noise = stored (the default) never reads the seed.
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                             tooltip="With noise = random: output i uses seed + i (change it by hand for other "
+                                     "noise). Not used with noise = stored."),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="Stylised faces [N, S, S, 3] (S = 1024 for the "
                                                                     "official models).")],
@@ -72,7 +76,7 @@ class DualStyleGANGenerate(io.ComfyNode):
 
         model = _check_model(model)
         if not isinstance(style, StyleCodes):
-            raise PasticheNodeError("style must come from Exemplar Style, Sample Random Style or Interpolate Styles")
+            raise PasticheNodeError("style must come from Encode Exemplar Style, Sample Random Style or Interpolate Styles")
         if weights is None:
             from .styles import _weights
 

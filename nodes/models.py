@@ -275,7 +275,7 @@ class LoadDualStyleGAN(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="LoadDualStyleGAN", display_name="Load DualStyleGAN", category=f"{CATEGORY}/loaders",
+            node_id="PasticheLoadDualStyleGAN", display_name="Load DualStyleGAN", category=f"{CATEGORY}/loaders",
             description=("Loads one DualStyleGAN style from models/dualstylegan/: the folder is laid out like the "
                          "official checkpoint/ release (encoder.pt, encoder_wplus.pt, <style>/generator.pt, "
                          "<style>/refined_exstyle_code.npy or exstyle_code.npy, <style>/sampler.pt), or our "
@@ -295,6 +295,18 @@ class LoadDualStyleGAN(io.ComfyNode):
             outputs=[DualStyleGANModel.Output(display_name="model",
                                               tooltip="Generator, encoders, style bank and sampler of this style.")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, style: str, precision: str = "auto"):
+        """ComfyUI caches this node's output by its inputs, and a style retrained or replaced in place
+        keeps its name: so the key also carries name, size and mtime of every file the loader will
+        read (the same stamp that keys :data:`_CACHE`). A stat per file, no loading."""
+        if style == DEMO_STYLE:
+            return "demo"
+        root = find_styles().get(style)
+        if root is None:  # execute reports the missing folder; a later copy of it changes this value
+            return f"missing:{style}"
+        return (str(root), style, _files_stamp(root, style))
 
     @classmethod
     def execute(cls, style: str, precision: str = "auto") -> io.NodeOutput:

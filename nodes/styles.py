@@ -51,10 +51,12 @@ def _check_model(model) -> DualStyleGANBundle:
 
 
 class EncodeExemplarStyle(io.ComfyNode):
+    # No fingerprint_inputs: the bank is read through the model, and Load DualStyleGAN's fingerprint
+    # already changes when the bank file does, which re-runs every node after it.
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="EncodeExemplarStyle", display_name="Exemplar Style", category=f"{CATEGORY}/style",
+            node_id="PasticheEncodeExemplarStyle", display_name="Encode Exemplar Style", category=f"{CATEGORY}/style",
             description=("The extrinsic style to apply: an entry of the model's style bank (by name or index), or, "
                          "when an exemplar image is connected, the style of that image (encoded with the z+ "
                          "encoder, the official fast path; the exemplar should be a roughly centred face)."),
@@ -121,17 +123,21 @@ class EncodeExemplarStyle(io.ComfyNode):
 
 
 class SampleRandomStyle(io.ComfyNode):
+    # sampler.pt is read through the model too (see EncodeExemplarStyle): no fingerprint of its own.
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SampleRandomStyle", display_name="Sample Random Style", category=f"{CATEGORY}/style",
+            node_id="PasticheSampleRandomStyle", display_name="Sample Random Style", category=f"{CATEGORY}/style",
             description=("Random extrinsic styles from the style's sampler (sampler.pt, the official generate.py "
                          "sampler). Fix structure or colour to vary only the other part."),
             inputs=[
                 DualStyleGANModel.Input("model", tooltip="From Load DualStyleGAN; its style folder needs sampler.pt."),
                 io.Int.Input("count", default=4, min=1, max=64, tooltip="How many styles to draw."),
+                # The one seed that may randomise: new random styles on each queue is what this node is
+                # for. The bundled workflow stores "fixed" so it reproduces its thumbnail.
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Random seed for the sampler noise."),
+                             tooltip="Random seed for the sampler noise; set the control below to 'randomize' for "
+                                     "new styles on every queue."),
                 io.Boolean.Input("fix_structure", default=False,
                                  tooltip="Every style gets the first style's structure (official --fix_structure)."),
                 io.Boolean.Input("fix_color", default=False,
@@ -149,7 +155,7 @@ class SampleRandomStyle(io.ComfyNode):
         model = _check_model(model)
         if not model.has_sampler():
             raise PasticheNodeError(f"style '{model.style}' has no sampler.pt in its folder: random styles need the "
-                                    f"official sampler (released for some styles only); use Exemplar Style instead")
+                                    f"official sampler (released for some styles only); use Encode Exemplar Style instead")
         progress = Progress(1)
         try:
             sampler = model.sampler()
@@ -191,7 +197,7 @@ class InterpolateStyles(io.ComfyNode):
 
         for s, n in ((style_a, "style_a"), (style_b, "style_b")):
             if not isinstance(s, StyleCodes):
-                raise PasticheNodeError(f"{n} must be a style (from Exemplar Style, Sample Random Style, ...)")
+                raise PasticheNodeError(f"{n} must be a style (from Encode Exemplar Style, Sample Random Style, ...)")
         a, b = style_a.latent, style_b.latent
         if a.shape[1:] != b.shape[1:]:
             raise PasticheNodeError(f"the styles have different shapes ({list(a.shape[1:])} vs {list(b.shape[1:])}): "
@@ -232,6 +238,37 @@ def parse_values(text: str, what: str) -> list[float]:
         raise PasticheNodeError(f"{what} must be numbers separated by commas, got {text!r}") from None
 
 
+def check_layer_weights(text: str) -> list[float]:
+    """The typed per-layer weights (empty text = none): numbers, 1 to 18 of them."""
+    if not text or not text.strip():
+        return []
+    vals = parse_values(text, "layer_weights")
+    if not 1 <= len(vals) <= 18:
+        raise PasticheNodeError(f"layer_weights needs up to 18 values, got {len(vals)}")
+    return vals
+
+
+def check_grid(structure_values: str, color_values: str) -> tuple[list[float], list[float]]:
+    ss, cs = parse_values(structure_values, "structure_values"), parse_values(color_values, "color_values")
+    if not ss or not cs:
+        raise PasticheNodeError("give at least one structure value and one colour value")
+    if len(ss) * len(cs) > 256:
+        raise PasticheNodeError(f"{len(ss)} x {len(cs)} = {len(ss) * len(cs)} cells is too many (256 at most)")
+    return ss, cs
+
+
+def _validation(check, *values) -> bool | str:
+    """A ``validate_inputs`` answer: True, or the message ComfyUI shows at queue time. A value that
+    arrives through a link is None here (ComfyUI validates before running anything): execute checks it."""
+    if any(v is None for v in values):
+        return True
+    try:
+        check(*values)
+    except PasticheNodeError as exc:
+        return str(exc)
+    return True
+
+
 def _weights(structure: float, color: float) -> tuple[float, ...]:
     from pastiche_core.models.dualstylegan import layer_weights
 
@@ -242,7 +279,7 @@ class MixStyleLayers(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="MixStyleLayers", display_name="Mix Style Layers", category=f"{CATEGORY}/style",
+            node_id="PasticheMixStyleLayers", display_name="Mix Style Layers", category=f"{CATEGORY}/style",
             description=("How strongly the exemplar's style drives each of the generator's 18 layers: layers 0-6 "
                          "carry structure (face shape), 7-17 colour and texture. Set the two sliders, pick a preset "
                          "from the paper/official scripts, or type all 18 values."),
@@ -266,14 +303,18 @@ class MixStyleLayers(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, layer_weights: str | None = None) -> bool | str:
+        # Only the typed text is named here: inputs named in this signature skip ComfyUI's own
+        # min/max/option checks, which the sliders and the preset keep this way.
+        return _validation(check_layer_weights, layer_weights)
+
+    @classmethod
     def execute(cls, preset: str = CUSTOM, structure_weight: float = 0.75, color_weight: float = 1.0,
                 preserve_color: bool = False, layer_weights: str = "") -> io.NodeOutput:
         from pastiche_core.styles import layer_weight_preset
 
-        if layer_weights and layer_weights.strip():
-            vals = parse_values(layer_weights, "layer_weights")
-            if not 1 <= len(vals) <= 18:
-                raise PasticheNodeError(f"layer_weights needs up to 18 values, got {len(vals)}")
+        vals = check_layer_weights(layer_weights)
+        if vals:
             w, label = tuple(vals + [1.0] * (18 - len(vals))), "custom"
         elif preset != CUSTOM:
             try:
@@ -305,12 +346,13 @@ class StyleWeightGrid(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, structure_values: str | None = None, color_values: str | None = None) -> bool | str:
+        # the two text fields only: a mistyped list shows when the prompt is queued, not mid-run
+        return _validation(check_grid, structure_values, color_values)
+
+    @classmethod
     def execute(cls, structure_values: str, color_values: str, preserve_color: bool = False) -> io.NodeOutput:
-        ss, cs = parse_values(structure_values, "structure_values"), parse_values(color_values, "color_values")
-        if not ss or not cs:
-            raise PasticheNodeError("give at least one structure value and one colour value")
-        if len(ss) * len(cs) > 256:
-            raise PasticheNodeError(f"{len(ss)} x {len(cs)} = {len(ss) * len(cs)} cells is too many (256 at most)")
+        ss, cs = check_grid(structure_values, color_values)
         sets = [_weights(s, c) for s in ss for c in cs]
         labels = [f"s{s:g} c{c:g}" for s in ss for c in cs]
         return io.NodeOutput(LayerWeights(sets, [bool(preserve_color)] * len(sets), labels))

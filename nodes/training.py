@@ -71,6 +71,16 @@ def check_save_name(save_name) -> str:
     return name
 
 
+def resolve_data_folder(text: str) -> Path:
+    """data_folder -> a path: ``~`` expanded, a relative path taken in ComfyUI's input folder."""
+    path = Path(os.path.expanduser(str(text).strip()))
+    if not path.is_absolute():
+        import folder_paths
+
+        path = Path(folder_paths.get_input_directory()) / path
+    return path
+
+
 def write_images(images, folder: Path) -> list[Path]:
     """IMAGE batch -> ``folder/image_000.png`` ... (old image files there are removed first), so the
     same batch always gives the same files (the banks of destylize key their codes by file name)."""
@@ -207,7 +217,7 @@ class FineTuneStage(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="FineTuneStage", display_name="Fine-Tune Stage (training)", category=f"{CATEGORY}/training",
+            node_id="PasticheFineTuneStage", display_name="Fine-Tune Stage", category=f"{CATEGORY}/training",
             description=("Runs one stage of DualStyleGAN's official training pipeline; chain six in order for a new "
                          "style: 1 finetune-stylegan, 2 destylize, 3 pretrain, 4 finetune, 5 refine-exstyle, "
                          "6 sampler, all with the same save_name. Writes into models/dualstylegan/<save_name>/ "
@@ -245,7 +255,10 @@ class FineTuneStage(io.ComfyNode):
                 io.Boolean.Input("augment", default=False,
                                  tooltip="GAN stages only: adaptive discriminator augmentation (official --augment; "
                                          "the official README uses it for finetune-stylegan on small style sets)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                # Declared off: the frontend gives every INT named seed a randomising control unless told
+                # otherwise, which would add a widget value (shifting the stored ones) and change the
+                # seed after each run, so resume would never find a matching run.
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip="Random seed of the run (codes, noise, data order). Keep it fixed to resume."),
                 io.String.Input("save_name", default="my_style",
                                 tooltip="Style folder to write: models/dualstylegan/<save_name>/. Use the same name "
@@ -270,7 +283,50 @@ class FineTuneStage(io.ComfyNode):
                 io.String.Output(display_name="info", tooltip="Summary: stage, steps, final loss, files written."),
             ],
             not_idempotent=True,
+            # a sink: its work is the files it writes, so ComfyUI runs it even with no output connected
+            is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, save_name: str | None = None, data_folder: str | None = None) -> bool | str:
+        """Queue-time checks of the two text inputs (a linked value arrives as None: checked when the
+        node runs). Only these are named: inputs named here skip ComfyUI's own min/max/option checks."""
+        try:
+            if save_name is not None:
+                check_save_name(save_name)
+            if data_folder is not None and data_folder.strip() and not resolve_data_folder(data_folder).is_dir():
+                return f"data_folder '{data_folder}' is not a folder ({resolve_data_folder(data_folder)})"
+        except PasticheNodeError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, save_name: str = "my_style", data_folder: str = "", **_):
+        """What ComfyUI's cache cannot see in the inputs: the files of data_folder and the shared
+        training inputs in models/dualstylegan/ (name, size, mtime). Never anything under the
+        save_name folder, which this node (and the stages chained with it) write: a stage must not
+        run again on the next queue because its own outputs changed."""
+        from pastiche_core.training.files import ENCODER, STYLEGAN_FFHQ
+        from pastiche_core.training.losses import IRSE50_FILE, VGG19_FILE
+
+        name = str(save_name or "").strip()
+        outs = [Path(r) / name for r in model_roots()] if name else []
+        files = [Path(r) / f for r in model_roots() for f in (STYLEGAN_FFHQ, ENCODER, VGG19_FILE, IRSE50_FILE)]
+        folder = (data_folder or "").strip()
+        if folder:
+            path = resolve_data_folder(folder)
+            if path.is_dir():
+                files += sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        stamp = []
+        for p in files:
+            if any(o == p or o in p.parents for o in outs):
+                continue
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            stamp.append((str(p), st.st_size, st.st_mtime_ns))
+        return tuple(stamp)
 
     @classmethod
     def execute(cls, model, stage: str = DEFAULT_STAGE, images=None, iterations: int = 0, batch_size: int = 0,
@@ -315,11 +371,7 @@ class FineTuneStage(io.ComfyNode):
             data = out / sub
             notes.append(f"{len(written)} training images written to {data}")
         elif folder_text:
-            path = Path(os.path.expanduser(folder_text))
-            if not path.is_absolute():
-                import folder_paths
-
-                path = Path(folder_paths.get_input_directory()) / path
+            path = resolve_data_folder(folder_text)
             if not path.is_dir():
                 raise PasticheNodeError(f"data_folder '{folder_text}' is not a folder ({path})")
             data = path

@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STUB = Path(__file__).resolve().parent / "comfy_stub"
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI source tree to run")
-PACK_NODES = {"LoadDualStyleGAN", "AlignFace", "EncodeExemplarStyle", "MixStyleLayers", "DualStyleGANGenerate",
-              "FineTuneStage", "PasteFaceBack", "SampleRandomStyle",
+PACK_NODES = {"PasticheLoadDualStyleGAN", "PasticheAlignFace", "PasticheEncodeExemplarStyle", "PasticheMixStyleLayers", "PasticheDualStyleGANGenerate",
+              "PasticheFineTuneStage", "PastichePasteFaceBack", "PasticheSampleRandomStyle",
               "PasticheInterpolateStyles", "PasticheStyleWeightGrid", "PasticheImageGrid"}
 
 
@@ -113,7 +113,7 @@ def test_object_info_lists_every_node(server):
     assert {info[n]["python_module"] for n in PACK_NODES} == {"custom_nodes.comfyui-pastiche"}
     log = server["log"].read_text()
     assert "IMPORT FAILED" not in "\n".join(line for line in log.splitlines() if "pastiche" in line)
-    assert "cartoon" in info["LoadDualStyleGAN"]["input"]["required"]["style"][1]["options"]
+    assert "cartoon" in info["PasticheLoadDualStyleGAN"]["input"]["required"]["style"][1]["options"]
 
 
 def _run(server, path, timeout=1800):
@@ -205,15 +205,15 @@ def _post(url):
 def test_training_stop_and_resume(server):
     """/interrupt (the Stop button) during a stage: the stage saves its state and the prompt is
     reported interrupted; the same prompt with resume on finishes from there."""
-    info = server["object_info"]["FineTuneStage"]["input"]
+    info = server["object_info"]["PasticheFineTuneStage"]["input"]
     label = next(s for s in info["required"]["stage"][1]["options"] if s.startswith("6 sampler"))
     widgets = {k: v[1].get("default") for sect in ("required", "optional") for k, v in info[sect].items()
                if k not in ("model", "images")}
     widgets.update(stage=label, iterations=600, save_name="stopped_sampler", data_folder="")
 
     def prompt(resume):
-        return {"1": {"class_type": "LoadDualStyleGAN", "inputs": {"style": "cartoon", "precision": "auto"}},
-                "2": {"class_type": "FineTuneStage", "inputs": dict(widgets, model=["1", 0], resume=resume)},
+        return {"1": {"class_type": "PasticheLoadDualStyleGAN", "inputs": {"style": "cartoon", "precision": "auto"}},
+                "2": {"class_type": "PasticheFineTuneStage", "inputs": dict(widgets, model=["1", 0], resume=resume)},
                 "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}}}
 
     out = server["base"] / "models" / "dualstylegan" / "stopped_sampler"

@@ -67,7 +67,7 @@ def mm(host):
 def demo(nodes):
     from pastiche_pack_under_test.nodes.models import DEMO_STYLE
 
-    return nodes["LoadDualStyleGAN"].execute(style=DEMO_STYLE, precision="auto")[0]
+    return nodes["PasticheLoadDualStyleGAN"].execute(style=DEMO_STYLE, precision="auto")[0]
 
 
 def err(nodes_mod):
@@ -104,9 +104,9 @@ def test_entrypoint_lists_every_node(host):
 
 
 def test_schemas(nodes):
-    required_ids = {"LoadDualStyleGAN", "AlignFace", "EncodeExemplarStyle", "MixStyleLayers",
-                    "DualStyleGANGenerate", "FineTuneStage", "PasteFaceBack",
-                    "SampleRandomStyle", "PasticheInterpolateStyles"}
+    required_ids = {"PasticheLoadDualStyleGAN", "PasticheAlignFace", "PasticheEncodeExemplarStyle", "PasticheMixStyleLayers",
+                    "PasticheDualStyleGANGenerate", "PasticheFineTuneStage", "PastichePasteFaceBack",
+                    "PasticheSampleRandomStyle", "PasticheInterpolateStyles"}
     assert required_ids <= set(nodes)
     custom = set()
     for node_id, cls in nodes.items():
@@ -132,7 +132,7 @@ def test_schemas(nodes):
 
 
 def test_loader_lists_style_folders_and_demo(nodes):
-    opts = nodes["LoadDualStyleGAN"].GET_NODE_INFO_V1()["input"]["required"]["style"][1]["options"]
+    opts = nodes["PasticheLoadDualStyleGAN"].GET_NODE_INFO_V1()["input"]["required"]["style"][1]["options"]
     assert opts[0] == "cartoon" and opts[-1].startswith("demo")
 
 
@@ -163,15 +163,93 @@ def test_workflow_type_checks(path, nodes, checker):
 def test_workflows_cover_the_issue():
     assert len(WORKFLOWS) == 5
     used = {n["type"] for p in WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
-    assert {"AlignFace", "PasteFaceBack", "SampleRandomStyle", "PasticheInterpolateStyles",
-            "PasticheStyleWeightGrid", "FineTuneStage", "MixStyleLayers", "EncodeExemplarStyle"} <= used
+    assert {"PasticheAlignFace", "PastichePasteFaceBack", "PasticheSampleRandomStyle", "PasticheInterpolateStyles",
+            "PasticheStyleWeightGrid", "PasticheFineTuneStage", "PasticheMixStyleLayers", "PasticheEncodeExemplarStyle"} <= used
+
+
+def test_node_ids_are_unique_to_the_pack(nodes):
+    """Other packs register AlignFace and friends too, and ComfyUI keeps whichever loads last:
+    every id carries the Pastiche prefix, while the display names stay the familiar ones."""
+    assert all(node_id.startswith("Pastiche") for node_id in nodes), sorted(nodes)
+    shown = {cls.GET_NODE_INFO_V1()["display_name"] for cls in nodes.values()}
+    assert {"Load DualStyleGAN", "Align Face", "Encode Exemplar Style", "Mix Style Layers", "DualStyleGAN Generate",
+            "Fine-Tune Stage", "Paste Face Back", "Sample Random Style"} <= shown
+
+
+def test_every_seed_declares_its_control(nodes):
+    """The frontend adds a "control after generate" widget to any INT named seed/noise_seed that
+    does not say otherwise; every seed says so, on only where a new value per queue is the point."""
+    seeds = {}
+    for node_id, cls in nodes.items():
+        info = cls.GET_NODE_INFO_V1()
+        for sect in ("required", "optional"):
+            for name, (typ, opts) in (info["input"].get(sect) or {}).items():
+                if typ == "INT" and name in ("seed", "noise_seed"):
+                    assert isinstance(opts.get("control_after_generate"), bool), f"{node_id}.{name}"
+                    seeds[node_id] = opts["control_after_generate"]
+    assert seeds == {"PasticheFineTuneStage": False,       # resume needs the same seed
+                     "PasticheDualStyleGANGenerate": False,  # noise "stored" ignores it: no re-render per queue
+                     "PasticheSampleRandomStyle": True}      # new random styles per queue is the node's point
+
+
+def test_frontend_widget_rule(checker):
+    """The checker builds widgets with the frontend's rules (comfyui-frontend-package 1.35.9)."""
+    def node(**inputs):
+        return {"input": {"required": inputs}, "input_order": {"required": list(inputs)}, "output": []}
+
+    def kinds(info):
+        return [k for _, k, _ in checker.frontend_widgets(info)]
+
+    assert kinds(node(seed=("INT", {}))) == ["INT", "CONTROL"]  # control_after_generate ?? name is seed
+    assert kinds(node(noise_seed=("INT", {}))) == ["INT", "CONTROL"]
+    assert kinds(node(seed=("INT", {"control_after_generate": False}))) == ["INT"]
+    assert kinds(node(seed=("INT", {"control_after_generate": None}))) == ["INT", "CONTROL"]  # ?? treats null as unset
+    assert kinds(node(steps=("INT", {}))) == ["INT"]
+    assert kinds(node(steps=("INT", {"control_after_generate": True}))) == ["INT", "CONTROL"]
+    assert kinds(node(seed=("FLOAT", {}))) == ["FLOAT"]  # the name rule is for INT only
+    assert kinds(node(x=("FLOAT", {"control_after_generate": True}))) == ["FLOAT", "CONTROL"]
+    assert kinds(node(x=("COMBO", {"options": ["a"], "control_after_generate": True}))) == ["COMBO", "CONTROL", "FILTER"]
+    assert kinds(node(seed=("INT", {"forceInput": True}))) == []  # a socket, no widget
+    assert kinds(node(x=("DUALSTYLEGAN_MODEL", {}), y=("IMAGE", {}))) == []
+    assert kinds(node(x=("DUALSTYLEGAN_MODEL", {"widgetType": "STRING"}))) == ["DUALSTYLEGAN_MODEL"]
+    # Comfy.UploadImage appends an "upload" widget after all inputs for the first image combo
+    assert [n for n, _, _ in checker.frontend_widgets(node(image=("COMBO", {"image_upload": True, "options": []}),
+                                                           n=("INT", {})))] == ["image", "n", "upload"]
+    # input_order decides the order: required first, then optional
+    info = {"input": {"required": {"b": ("INT", {})}, "optional": {"a": ("STRING", {})}},
+            "input_order": {"required": ["b"], "optional": ["a"]}, "output": []}
+    assert [n for n, _, _ in checker.frontend_widgets(info)] == ["b", "a"]
+
+
+def test_checker_counts_the_implicit_seed_control(nodes, checker):
+    """A stored workflow whose seed lacks the control value the frontend adds is caught, and the
+    API conversion never hands a control value to the next input (issue 15: preview_every = '')."""
+    info = dict(checker.CORE_NODES)
+    info.update({k: v.GET_NODE_INFO_V1() for k, v in nodes.items()})
+    wf = json.loads((ROOT / "workflows" / "5_training_finetune.json").read_text())
+    stage = next(n for n in wf["nodes"] if n["type"] == "PasticheFineTuneStage")
+    ft = json.loads(json.dumps(info["PasticheFineTuneStage"]))
+    del ft["input"]["required"]["seed"][1]["control_after_generate"]  # the schema before the fix
+    broken = dict(info, PasticheFineTuneStage=ft)
+    assert any("widget values for" in p and f"node {stage['id']} " in p for p in checker.check_workflow(wf, broken))
+    api = checker.ui_to_api(wf, info)[str(stage["id"])]["inputs"]
+    assert isinstance(api["preview_every"], int) and isinstance(api["seed"], int) and api["data_folder"] == ""
+
+
+def test_workflow_ids_are_uuids(checker):
+    import uuid
+
+    for path in WORKFLOWS:
+        wf = json.loads(path.read_text())
+        assert uuid.UUID(wf["id"]).version == 4, path.name
+    assert checker.check_workflow({"id": "pastiche-1", "nodes": [], "links": []}, {})[0].startswith("workflow id")
 
 
 def test_checker_catches_a_bad_link(nodes, checker):
     info = dict(checker.CORE_NODES)
     info.update({k: v.GET_NODE_INFO_V1() for k, v in nodes.items()})
     wf = json.loads(WORKFLOWS[0].read_text())
-    gen = next(n for n in wf["nodes"] if n["type"] == "DualStyleGANGenerate")
+    gen = next(n for n in wf["nodes"] if n["type"] == "PasticheDualStyleGANGenerate")
     style_link = next(i["link"] for i in gen["inputs"] if i["name"] == "style")
     ln = next(ln for ln in wf["links"] if ln[0] == style_link)
     ln[2] = 0  # IMAGE output of LoadImage... wired into the style socket
@@ -180,10 +258,115 @@ def test_checker_catches_a_bad_link(nodes, checker):
 
 
 # ------------------------------------------------------------------------------------------
+# queue-time checks and cache fingerprints
+# ------------------------------------------------------------------------------------------
+def test_validate_inputs_name_only_text_inputs(nodes):
+    """ComfyUI skips its own min/max/option checks for every input named in validate_inputs (and
+    for all of them with **kwargs): ours name only STRING inputs, explicitly."""
+    import inspect
+
+    checked = {}
+    for node_id, cls in nodes.items():
+        if "validate_inputs" not in cls.__dict__:
+            continue
+        spec = inspect.getfullargspec(cls.validate_inputs)
+        assert spec.varkw is None, node_id
+        info = cls.GET_NODE_INFO_V1()["input"]
+        types = {k: v[0] for sect in ("required", "optional") for k, v in (info.get(sect) or {}).items()}
+        named = spec.args[1:]
+        assert named and all(types[a] == "STRING" for a in named), (node_id, named)
+        checked[node_id] = named
+    assert checked == {"PasticheFineTuneStage": ["save_name", "data_folder"],
+                       "PasticheMixStyleLayers": ["layer_weights"],
+                       "PasticheStyleWeightGrid": ["structure_values", "color_values"]}
+
+
+def test_validate_inputs_report_mistakes_at_queue_time(nodes, tmp_path):
+    ft, mix, grid = nodes["PasticheFineTuneStage"], nodes["PasticheMixStyleLayers"], nodes["PasticheStyleWeightGrid"]
+    assert ft.validate_inputs(save_name="my_style", data_folder="") is True
+    assert ft.validate_inputs(save_name=None, data_folder=None) is True  # linked: checked at run time
+    for bad in ("", "../x", "a/b", ".hidden"):
+        assert "save_name" in ft.validate_inputs(save_name=bad, data_folder=""), bad
+    assert "is not a folder" in ft.validate_inputs(save_name="s", data_folder=str(tmp_path / "nope"))
+    assert ft.validate_inputs(save_name="s", data_folder=str(tmp_path)) is True
+    assert mix.validate_inputs(layer_weights="") is True and mix.validate_inputs(layer_weights="1, 0.5") is True
+    assert "numbers" in mix.validate_inputs(layer_weights="1, x")
+    assert "up to 18" in mix.validate_inputs(layer_weights=", ".join(["1"] * 19))
+    assert grid.validate_inputs(structure_values="0, 1", color_values="1") is True
+    assert "color_values" in grid.validate_inputs(structure_values="0", color_values="a")
+    assert "too many" in grid.validate_inputs(structure_values=", ".join(["1"] * 17), color_values=", ".join(["1"] * 16))
+
+
+def test_loader_fingerprint_follows_the_files(nodes, host):
+    """A style retrained or replaced in place keeps its name: the loader's fingerprint (ComfyUI's
+    IS_CHANGED) carries size and mtime of the files it reads, so the cached model is not reused."""
+    import os
+    import shutil
+
+    import folder_paths
+    from pastiche_pack_under_test.nodes.models import DEMO_STYLE
+
+    load = nodes["PasticheLoadDualStyleGAN"]
+    style = Path(folder_paths.get_folder_paths("dualstylegan")[0]) / "fp_style"
+    style.mkdir()
+    try:
+        (style / "generator.pt").write_bytes(b"one")
+        first = load.fingerprint_inputs(style="fp_style", precision="auto")
+        assert load.fingerprint_inputs(style="fp_style", precision="auto") == first  # stable
+        (style / "generator.pt").write_bytes(b"retrained")
+        second = load.fingerprint_inputs(style="fp_style", precision="auto")
+        assert second != first
+        np.save(style / "exstyle_code.npy", np.zeros((1, 14, 512), np.float32))  # a bank appears
+        assert load.fingerprint_inputs(style="fp_style", precision="auto") != second
+        os.utime(style / "generator.pt", ns=(1, 1))  # same size, other mtime
+        assert load.fingerprint_inputs(style="fp_style", precision="auto") != second
+    finally:
+        shutil.rmtree(style)
+    assert load.fingerprint_inputs(style="fp_style", precision="auto") == "missing:fp_style"
+    assert load.fingerprint_inputs(style=DEMO_STYLE, precision="auto") == "demo"
+
+
+def test_finetune_fingerprint_never_sees_its_own_outputs(nodes, host, tmp_path):
+    """Fine-Tune Stage's fingerprint follows data_folder's images and the shared training inputs,
+    never the save_name folder it writes (else it would retrain on every queue)."""
+    import shutil
+
+    import folder_paths
+
+    ft = nodes["PasticheFineTuneStage"]
+    root = Path(folder_paths.get_folder_paths("dualstylegan")[0])
+    data = tmp_path / "exemplars"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"png")
+    (data / "notes.txt").write_text("not an image")
+    fp = ft.fingerprint_inputs(save_name="fp_run", data_folder=str(data), model=None, stage="x")
+    assert [Path(p).name for p, _, _ in fp] == ["a.png"]
+    (data / "b.jpg").write_bytes(b"jpg")
+    assert ft.fingerprint_inputs(save_name="fp_run", data_folder=str(data)) != fp
+    shared = root / "stylegan2-ffhq-config-f.pt"
+    shared.write_bytes(b"ffhq")
+    try:
+        assert str(shared) in [p for p, _, _ in ft.fingerprint_inputs(save_name="fp_run", data_folder="")]
+        out = root / "fp_run"
+        (out / "train_images").mkdir(parents=True)
+        try:
+            (out / "train_images" / "image_000.png").write_bytes(b"written by the node")
+            before = ft.fingerprint_inputs(save_name="fp_run", data_folder=str(out / "train_images"))
+            (out / "generator.pt").write_bytes(b"trained")
+            (out / "train_images" / "image_001.png").write_bytes(b"written by the node")
+            after = ft.fingerprint_inputs(save_name="fp_run", data_folder=str(out / "train_images"))
+            assert before == after and all("fp_run" not in p for p, _, _ in after)
+        finally:
+            shutil.rmtree(out)
+    finally:
+        shared.unlink()
+
+
+# ------------------------------------------------------------------------------------------
 # weights (no models needed)
 # ------------------------------------------------------------------------------------------
 def test_mix_style_layers(nodes, host):
-    mix = nodes["MixStyleLayers"]
+    mix = nodes["PasticheMixStyleLayers"]
     w = mix.execute(preset="custom (sliders)", structure_weight=0.5, color_weight=0.25)[0]
     assert w.sets[0] == (0.5,) * 7 + (0.25,) * 11 and w.preserve_color == [False]
     assert mix.execute(preset="preserve_color", preserve_color=True)[0].sets[0][7:] == (0.0,) * 11
@@ -214,23 +397,23 @@ def test_loader_errors_are_node_errors(nodes, host):
     import folder_paths
 
     with pytest.raises(err(host), match="cannot load DualStyleGAN style 'cartoon': missing encoder.pt"):
-        nodes["LoadDualStyleGAN"].execute(style="cartoon")
+        nodes["PasticheLoadDualStyleGAN"].execute(style="cartoon")
     encoder = Path(folder_paths.get_folder_paths("dualstylegan")[0]) / "encoder.pt"
     bank = encoder.parent / "cartoon" / "exstyle_code.npy"
     encoder.write_bytes(b"junk")
     bank.write_bytes(b"junk")
     try:
         with pytest.raises(err(host), match="cannot load DualStyleGAN style 'cartoon'.*generator.pt"):
-            nodes["LoadDualStyleGAN"].execute(style="cartoon")  # generator.pt holds junk bytes
+            nodes["PasticheLoadDualStyleGAN"].execute(style="cartoon")  # generator.pt holds junk bytes
     finally:
         encoder.unlink()
         bank.unlink()
     with pytest.raises(err(host), match="not found"):
-        nodes["LoadDualStyleGAN"].execute(style="no_such_style")
+        nodes["PasticheLoadDualStyleGAN"].execute(style="no_such_style")
 
 
 def test_bank_style_by_index_and_name(nodes, demo, host):
-    enc = nodes["EncodeExemplarStyle"]
+    enc = nodes["PasticheEncodeExemplarStyle"]
     s = enc.execute(model=demo, style="(by index)", index=2)[0]
     assert s.latent.shape == (1, 14, 512) and s.names == ["demo_style_2"]
     s2 = enc.execute(model=demo, style="demo/demo_style_2")[0]
@@ -245,15 +428,15 @@ def test_generate_one_face_many_styles(nodes, demo, host):
     import comfy.utils
 
     face = face_image()
-    styles = nodes["EncodeExemplarStyle"].execute(model=demo, index=0)[0]
-    styles.latent = torch.cat([styles.latent, nodes["EncodeExemplarStyle"].execute(model=demo, index=1)[0].latent])
+    styles = nodes["PasticheEncodeExemplarStyle"].execute(model=demo, index=0)[0]
+    styles.latent = torch.cat([styles.latent, nodes["PasticheEncodeExemplarStyle"].execute(model=demo, index=1)[0].latent])
     styles.names = ["a", "b"]
     comfy.utils.events.clear()
     # one face x two styles, paired with two weight sets: the second with every weight 0, where the
     # extrinsic style has no effect at all
     weights = nodes["PasticheStyleWeightGrid"].execute(structure_values="0.75, 0", color_values="1")[0]
     weights.sets[1] = (0.0,) * 18
-    out = nodes["DualStyleGANGenerate"].execute(model=demo, faces=face, style=styles, weights=weights)[0]
+    out = nodes["PasticheDualStyleGANGenerate"].execute(model=demo, faces=face, style=styles, weights=weights)[0]
     assert out.shape == (2, 256, 256, 3) and out.dtype == torch.float32
     assert 0.0 <= out.min() and out.max() <= 1.0 and not torch.equal(out[0], out[1])
     # demo-weight images carry the DEMO WEIGHTS caption band (black with yellow text) at the top
@@ -262,23 +445,23 @@ def test_generate_one_face_many_styles(nodes, demo, host):
     assert comfy.utils.events and comfy.utils.events[-1][1] == comfy.utils.events[-1][2]
     with pytest.raises(err(host), match="cannot pair 2 faces, 3 styles"):
         styles.latent, styles.names = styles.latent[[0, 1, 0]], ["a", "b", "c"]
-        nodes["DualStyleGANGenerate"].execute(model=demo, faces=face.repeat(2, 1, 1, 1), style=styles)
+        nodes["PasticheDualStyleGANGenerate"].execute(model=demo, faces=face.repeat(2, 1, 1, 1), style=styles)
     with pytest.raises(err(host), match="square"):
-        nodes["DualStyleGANGenerate"].execute(model=demo, faces=face[:, :200], style=styles)
+        nodes["PasticheDualStyleGANGenerate"].execute(model=demo, faces=face[:, :200], style=styles)
 
 
 def test_generate_honours_interrupt(nodes, demo, mm):
-    styles = nodes["EncodeExemplarStyle"].execute(model=demo, index=0)[0]
+    styles = nodes["PasticheEncodeExemplarStyle"].execute(model=demo, index=0)[0]
     mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            nodes["DualStyleGANGenerate"].execute(model=demo, faces=face_image(), style=styles)
+            nodes["PasticheDualStyleGANGenerate"].execute(model=demo, faces=face_image(), style=styles)
     finally:
         mm.interrupt_current_processing(False)
 
 
 def test_exemplar_style_and_bad_exemplar(nodes, demo, host):
-    enc = nodes["EncodeExemplarStyle"]
+    enc = nodes["PasticheEncodeExemplarStyle"]
     s = enc.execute(model=demo, exemplar=face_image("pastiche_exemplar_cartoon.jpg"))[0]
     assert s.latent.shape == (1, 14, 512) and s.source == "exemplar"
     with pytest.raises(err(host), match="must be an IMAGE batch.*MASK"):
@@ -288,14 +471,14 @@ def test_exemplar_style_and_bad_exemplar(nodes, demo, host):
 
 
 def test_random_styles_and_interpolation(nodes, demo, host):
-    rs = nodes["SampleRandomStyle"]
+    rs = nodes["PasticheSampleRandomStyle"]
     one = rs.execute(model=demo, count=1, seed=3)[0]
     three = rs.execute(model=demo, count=3, seed=3, fix_color=True)[0]
     assert one.latent.shape == (1, 14, 512) and three.latent.shape == (3, 14, 512)
     assert torch.equal(three.latent[0, 7:], three.latent[2, 7:]) and not torch.equal(three.latent[0, :7], three.latent[2, :7])
     assert torch.equal(rs.execute(model=demo, count=3, seed=3, fix_color=True)[0].latent, three.latent)
-    a = nodes["EncodeExemplarStyle"].execute(model=demo, index=0)[0]
-    b = nodes["EncodeExemplarStyle"].execute(model=demo, index=3)[0]
+    a = nodes["PasticheEncodeExemplarStyle"].execute(model=demo, index=0)[0]
+    b = nodes["PasticheEncodeExemplarStyle"].execute(model=demo, index=3)[0]
     sweep = nodes["PasticheInterpolateStyles"].execute(style_a=a, style_b=b, steps=3)[0]
     assert sweep.latent.shape == (3, 14, 512)
     assert torch.equal(sweep.latent[0], a.latent[0]) and torch.equal(sweep.latent[2], b.latent[0])
@@ -316,7 +499,7 @@ def training_mod():
 
 
 def test_finetune_stage_schema(nodes):
-    cls = nodes["FineTuneStage"]
+    cls = nodes["PasticheFineTuneStage"]
     schema = cls.GET_SCHEMA()
     assert schema.not_idempotent and schema.category == "Pastiche/training"
     info = cls.GET_NODE_INFO_V1()
@@ -336,7 +519,9 @@ def test_finetune_stage_schema(nodes):
     for name, typ in (("augment", "BOOLEAN"), ("seed", "INT"), ("save_name", "STRING"), ("resume", "BOOLEAN"),
                       ("preview_every", "INT")):
         assert req[name][0] == typ, name
-    assert "control_after_generate" not in req["seed"][1]  # a randomised seed would break resume
+    # declared off: the frontend would otherwise add a randomising control (an INT named seed)
+    assert req["seed"][1]["control_after_generate"] is False
+    assert schema.is_output_node  # a sink: runs for the files it writes, outputs connected or not
     assert info["output"] == ["DUALSTYLEGAN_MODEL", "IMAGE", "STRING"]
     assert info["output_name"] == ["model", "preview", "info"]
 
@@ -362,15 +547,15 @@ def test_training_workflow_chains_the_pipeline(nodes, checker):
 
     labels = training_mod().STAGE_LABELS
     api = checker.ui_to_api(wf, info)
-    stages = [n for n in wf["nodes"] if n["type"] == "FineTuneStage"]
+    stages = [n for n in wf["nodes"] if n["type"] == "PasticheFineTuneStage"]
     # walk the chain back from the model that renders the test image
-    gen = next(n for n in wf["nodes"] if n["type"] == "DualStyleGANGenerate")
+    gen = next(n for n in wf["nodes"] if n["type"] == "PasticheDualStyleGANGenerate")
     chain, node = [], source(gen, "model")[0]
-    while node["type"] == "FineTuneStage":
+    while node["type"] == "PasticheFineTuneStage":
         chain.append(node)
         node, slot, typ = source(node, "model")
         assert slot == 0 and typ == "DUALSTYLEGAN_MODEL"
-    assert node["type"] == "LoadDualStyleGAN" and len(chain) == len(stages) == 6
+    assert node["type"] == "PasticheLoadDualStyleGAN" and len(chain) == len(stages) == 6
     chain.reverse()
     assert [labels[api[str(n["id"])]["inputs"]["stage"]] for n in chain] == STAGE_IDS
     assert {api[str(n["id"])]["inputs"]["save_name"] for n in chain} == {"my_style"}
@@ -426,7 +611,7 @@ def test_finetune_stage_trains_the_sampler(nodes, demo, bank_folder):
     out = bank_folder("trained_sampler")
     comfy.utils.events.clear()
     with torch.inference_mode():  # as ComfyUI runs nodes
-        res = nodes["FineTuneStage"].execute(model=demo, stage=training_mod().STAGES[5], iterations=3, batch_size=2,
+        res = nodes["PasticheFineTuneStage"].execute(model=demo, stage=training_mod().STAGES[5], iterations=3, batch_size=2,
                                              seed=0, save_name="trained_sampler", images=face_image())
     model, preview, info = res[0], res[1], res[2]
     assert model is demo  # no generator in the folder: the input model flows on
@@ -449,7 +634,7 @@ def test_finetune_stage_reloads_the_trained_style(nodes, demo, bank_folder, monk
     (out / "generator.pt").write_bytes(b"stand-in")
     calls = []
     monkeypatch.setattr(models_mod, "load_bundle", lambda *a, **k: calls.append((a, k)) or "fresh bundle")
-    res = nodes["FineTuneStage"].execute(model=demo, stage=training_mod().STAGES[5], iterations=1, batch_size=2,
+    res = nodes["PasticheFineTuneStage"].execute(model=demo, stage=training_mod().STAGES[5], iterations=1, batch_size=2,
                                          save_name="trained_gen")
     assert res[0] == "fresh bundle"
     (args, kwargs), = calls
@@ -463,7 +648,7 @@ def test_finetune_stage_writes_images_and_validates(nodes, demo, host, bank_fold
 
     tm = training_mod()
     root = Path(folder_paths.get_folder_paths("dualstylegan")[0])
-    ft = nodes["FineTuneStage"]
+    ft = nodes["PasticheFineTuneStage"]
     for bad in ("", "   ", "../escape", "a/b", "a\\b", "..", ".hidden", "c:style"):
         with pytest.raises(err(host), match="save_name"):
             ft.execute(model=demo, stage=tm.STAGES[1], images=face_image(), save_name=bad)
@@ -508,7 +693,7 @@ def test_finetune_stage_interrupt_and_resume(nodes, demo, mm, bank_folder):
 
     tm = training_mod()
     out = bank_folder("stopped")
-    ft = nodes["FineTuneStage"]
+    ft = nodes["PasticheFineTuneStage"]
     mm.interrupt_current_processing(True)  # Stop pressed before the node started: nothing runs
     with pytest.raises(mm.InterruptProcessingException):
         ft.execute(model=demo, stage=tm.STAGES[5], iterations=5, batch_size=2, save_name="stopped")
@@ -587,23 +772,66 @@ def dlib_ok():
 def test_align_generate_paste(nodes, demo, host, dlib_ok):
     photo = face_image("pastiche_photo.jpg")
     photos = torch.cat([photo, photo.flip(2)])
-    crops, info = nodes["AlignFace"].execute(image=photos, detector="dlib", face="largest", size=256)
+    crops, info = nodes["PasticheAlignFace"].execute(image=photos, detector="dlib", face="largest", size=256)
     assert crops.shape == (2, 256, 256, 3) and [b for b, _ in info.faces] == [0, 1]
-    style = nodes["EncodeExemplarStyle"].execute(model=demo, index=0)[0]
-    out = nodes["DualStyleGANGenerate"].execute(model=demo, faces=crops, style=style)[0]
-    pasted = nodes["PasteFaceBack"].execute(image=photos, faces=out, face_info=info)[0]
+    style = nodes["PasticheEncodeExemplarStyle"].execute(model=demo, index=0)[0]
+    out = nodes["PasticheDualStyleGANGenerate"].execute(model=demo, faces=crops, style=style)[0]
+    pasted = nodes["PastichePasteFaceBack"].execute(image=photos, faces=out, face_info=info)[0]
     assert pasted.shape == photos.shape
     changed = (pasted - photos).abs().amax(-1) > 1 / 255 + 1e-6
     assert changed.any() and not changed[:, :, :20].any()  # the left edge of the photo is far from the face
     with pytest.raises(err(host), match="2 face crops for 2|match face_info"):
-        nodes["PasteFaceBack"].execute(image=photo, faces=out, face_info=info)
+        nodes["PastichePasteFaceBack"].execute(image=photo, faces=out, face_info=info)
 
 
 def test_align_no_face_is_a_clear_error(nodes, host, dlib_ok):
     blank = torch.full((2, 200, 300, 3), 0.5)
     with pytest.raises(err(host), match=r"No face found in image 1 of the batch \(300x200\)"):
-        nodes["AlignFace"].execute(image=blank, detector="dlib", face="largest")
+        nodes["PasticheAlignFace"].execute(image=blank, detector="dlib", face="largest")
     photo = face_image("pastiche_photo.jpg")
-    crops, info = nodes["AlignFace"].execute(image=torch.cat([torch.full_like(photo, 0.5), photo]),
+    crops, info = nodes["PasticheAlignFace"].execute(image=torch.cat([torch.full_like(photo, 0.5), photo]),
                                                      detector="dlib", face="all", skip_missing=True)
     assert [b for b, _ in info.faces] == [1] * len(info)
+
+
+# ------------------------------------------------------------------------------------------
+# packaging for the Comfy Registry and ComfyUI-Manager
+# ------------------------------------------------------------------------------------------
+def test_registry_metadata_is_complete():
+    import re
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    comfy = meta["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    assert comfy["Icon"] and (comfy["Icon"].startswith("https://") or (ROOT / comfy["Icon"]).is_file())
+    # comfy-cli's accepted form; 0.3.48 is the first release with comfy_api.latest
+    assert comfy["requires-comfyui"] == ">=0.3.48"
+    assert re.match(r"^(>=|==|~=)?\d+\.\d+\.\d+$", comfy["requires-comfyui"])
+    for url in (meta["project"].get("urls") or {}).values():  # no placeholder addresses
+        assert "example" not in url and "/pastiche/pastiche" not in url, url
+    # ComfyUI-Manager installs requirements.txt into ComfyUI's Python: never a torch there
+    reqs = [ln.split("#")[0].strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert not [r for r in reqs if re.match(r"torch\b|torchvision\b", r)]
+    comfy_section = (ROOT / "README.md").read_text().split("## ComfyUI node pack", 1)[1].split("\n## ", 1)[0]
+    assert "pip install -r requirements.txt" in comfy_section
+    assert not re.search(r"pip install[^`\n]*torch", comfy_section)  # no torch install command there
+
+
+def test_registry_package_leaves_out_tests():
+    """`comfy node publish` zips the git-tracked files minus .comfyignore's gitwildmatch patterns."""
+    patterns = [ln.strip() for ln in (ROOT / ".comfyignore").read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")]
+    assert {"tests/", "benchmarks/"} <= set(patterns)
+    assert not any(p.startswith(("nodes", "pastiche_core", "workflows")) for p in patterns)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_has_a_template_thumbnail(path):
+    """ComfyUI's template browser shows workflows/<name>.jpg for workflows/<name>.json."""
+    from PIL import Image
+
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file() and thumb.stat().st_size < 100_000
+    with Image.open(thumb) as im:
+        assert im.format == "JPEG" and min(im.size) >= 128

@@ -5,8 +5,24 @@ nodes below) and by tests/test_comfy_real.py with a real server's /object_info.
 """
 from __future__ import annotations
 
+import re
+
 NOTE_TYPES = {"Note", "MarkdownNote"}
+
+# --- the frontend's widget rules (comfyui-frontend-package 1.35.9, the one ComfyUI 0.8 pins) ----
+#: input types the frontend builds a widget for (its ComfyWidgets registry); any other type is a
+#: socket only. An input's ``widgetType`` option, when set, is looked up instead of its type.
+FRONTEND_WIDGET_TYPES = {"INT", "FLOAT", "BOOLEAN", "STRING", "MARKDOWN", "COMBO", "IMAGEUPLOAD", "COLOR",
+                         "IMAGECOMPARE", "CHART", "GALLERIA", "TEXTAREA"}
+#: INT inputs with these names get a "control after generate" widget unless the input says otherwise:
+#: ``n.control_after_generate ?? ["seed","noise_seed"].includes(n.name)`` (useIntWidget)
+SEED_NAMES = ("seed", "noise_seed")
+CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+#: combo options that make the Comfy.UploadImage extension add an "upload" (IMAGEUPLOAD) input
+MEDIA_UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
+#: kept for callers of the old name: the value-widget types this checker type-checks
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 #: the core ComfyUI nodes the bundled workflows use, as /object_info describes them (abridged)
 CORE_NODES = {
@@ -31,13 +47,82 @@ def _spec(spec):
 
 
 def _is_widget(typ, opts) -> bool:
-    return typ in WIDGET_TYPES and not opts.get("forceInput")
+    """The frontend's test (addInputSocket): a widget when the registry has ``widgetType ?? type``
+    and the input is not ``forceInput``; otherwise a socket only."""
+    return (opts.get("widgetType") or typ) in FRONTEND_WIDGET_TYPES and not opts.get("forceInput")
+
+
+def _ordered_specs(info: dict) -> list[tuple[str, str, dict]]:
+    """(name, type, options) of every required/optional input in the order the frontend adds them
+    (getOrderedInputSpecs: input_order's required, then its optional, then any others), including
+    the "upload" input that Comfy.UploadImage appends for the first media-upload combo."""
+    specs: dict[str, tuple] = {}
+    for sect in ("required", "optional"):
+        for name, spec in (info["input"].get(sect) or {}).items():
+            specs[name] = (sect, *_spec(spec))
+    order = info.get("input_order")
+    if order:
+        names = [n for n in order.get("required", []) if specs.get(n, ("",))[0] == "required"]
+        names += [n for n in order.get("optional", []) if specs.get(n, ("",))[0] == "optional"]
+        names += [n for n in specs if n not in names]
+    else:
+        names = list(specs)
+    out = [(n, specs[n][1], specs[n][2]) for n in names]
+    for name, (sect, typ, opts) in specs.items():
+        if sect == "required" and typ == "COMBO" and any(opts.get(f) is True for f in MEDIA_UPLOAD_FLAGS):
+            out.append(("upload", "IMAGEUPLOAD", dict(opts, imageInputName=name)))
+            break
+    return out
+
+
+def frontend_widgets(info: dict) -> list[tuple[str, str, dict]]:
+    """The widgets the frontend builds for a node, in ``widgets_values`` order: (name, kind, options)
+    where kind is the input type, ``CONTROL`` (control after generate), ``FILTER`` (a combo control's
+    filter text) or ``IMAGEUPLOAD``. The rules, from the 1.35.9 bundle:
+
+    * INT: a control widget when ``control_after_generate ?? name in ("seed", "noise_seed")`` is
+      truthy (useIntWidget) -- so an INT named seed that declares nothing gets one;
+    * FLOAT: a control widget when ``control_after_generate`` is truthy (useFloatWidget);
+    * COMBO: when ``control_after_generate`` is truthy, a control widget and a filter-list text
+      widget (addComboWidget -> addValueControlWidgets);
+    * the control and filter widgets are left out of the API prompt (``serialize: false`` option)
+      but stored in ``widgets_values`` like any widget.
+    """
+    out = []
+    for name, typ, opts in _ordered_specs(info):
+        if not _is_widget(typ, opts):
+            continue
+        out.append((name, typ, opts))
+        cag = opts.get("control_after_generate")
+        if typ == "INT" and (cag if cag is not None else name in SEED_NAMES):
+            out.append((name + " (control)", "CONTROL", {}))
+        elif typ == "FLOAT" and cag:
+            out.append((name + " (control)", "CONTROL", {}))
+        elif typ == "COMBO" and cag:
+            out.append((name + " (control)", "CONTROL", {"combo": True}))
+            out.append((name + " (filter)", "FILTER", {}))
+    return out
+
+
+_VALUE_OK = {
+    "INT": lambda v, o: isinstance(v, int) and not isinstance(v, bool),
+    "FLOAT": lambda v, o: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "STRING": lambda v, o: isinstance(v, str), "TEXTAREA": lambda v, o: isinstance(v, str),
+    "MARKDOWN": lambda v, o: isinstance(v, str), "BOOLEAN": lambda v, o: isinstance(v, bool),
+    "COMBO": lambda v, o: isinstance(v, (str, int, float)) and not isinstance(v, bool),
+    "CONTROL": lambda v, o: v in CONTROL_VALUES + (("increment-wrap",) if o.get("combo") else ()),
+    "FILTER": lambda v, o: isinstance(v, str),
+}
 
 
 def check_workflow(wf: dict, object_info: dict, *, check_combos: set[str] | None = None) -> list[str]:
     """Return a list of problems (empty = fine). ``check_combos``: node types whose combo widget
     values must be among the schema's options (others may name files that exist only at run time)."""
     problems: list[str] = []
+    # the frontend validates a loaded workflow with zod (id: z.string().uuid().optional()) and shows
+    # a sticky "Invalid workflow against zod schema" warning for any other id
+    if "id" in wf and not (isinstance(wf["id"], str) and UUID_RE.match(wf["id"])):
+        problems.append(f"workflow id {wf['id']!r} is not a UUID")
     nodes = {n["id"]: n for n in wf.get("nodes", [])}
     if not any(n.get("type") in NOTE_TYPES for n in nodes.values()):
         problems.append("no note node explaining the workflow")
@@ -55,7 +140,6 @@ def check_workflow(wf: dict, object_info: dict, *, check_combos: set[str] | None
         for sect in ("required", "optional"):
             specs.update(info["input"].get(sect) or {})
         order = info.get("input_order") or {k: list(v) for k, v in info["input"].items()}
-        names = list(order.get("required", [])) + list(order.get("optional", []))
         ui_inputs = {i["name"]: i for i in n.get("inputs") or []}
         for name in ui_inputs:
             if name not in specs:
@@ -67,30 +151,16 @@ def check_workflow(wf: dict, object_info: dict, *, check_combos: set[str] | None
                 ui = ui_inputs.get(name)
                 if ui is None or ui.get("link") is None:
                     problems.append(f"node {n['id']} ({t}): required input {name!r} ({typ}) is not connected")
-        # widgets: count and values
+        # widgets: exactly the ones the frontend builds, in its order, each value of its kind
         wv = n.get("widgets_values") or []
-        expected = []
-        for name in names:
-            typ, opts = _spec(specs[name])
-            if not _is_widget(typ, opts):
-                continue
-            expected.append((name, typ, opts))
-            if opts.get("control_after_generate"):
-                expected.append((name + " (control)", "CONTROL", {}))
-            if opts.get("image_upload"):
-                expected.append((name + " (upload)", "UPLOAD", {}))
+        expected = frontend_widgets(info)
         if len(wv) != len(expected):
             problems.append(f"node {n['id']} ({t}): {len(wv)} widget values for {len(expected)} widgets "
                             f"{[e[0] for e in expected]}")
             continue
         for value, (name, typ, opts) in zip(wv, expected):
-            ok = {"INT": lambda v: isinstance(v, int) and not isinstance(v, bool),
-                  "FLOAT": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-                  "STRING": lambda v: isinstance(v, str), "BOOLEAN": lambda v: isinstance(v, bool),
-                  "COMBO": lambda v: isinstance(v, (str, int, float)),
-                  "CONTROL": lambda v: v in ("fixed", "increment", "decrement", "randomize"),
-                  "UPLOAD": lambda v: True}[typ](value)
-            if not ok:
+            check = _VALUE_OK.get(typ)
+            if check is not None and not check(value, opts):
                 problems.append(f"node {n['id']} ({t}): widget {name!r} = {value!r} is not a {typ}")
                 continue
             if typ in ("INT", "FLOAT"):
@@ -142,19 +212,15 @@ def ui_to_api(wf: dict, object_info: dict) -> dict:
         if t in NOTE_TYPES or n.get("mode", 0) in (2, 4):
             continue
         info = object_info[t]
-        specs = {}
-        for sect in ("required", "optional"):
-            specs.update(info["input"].get(sect) or {})
-        order = info.get("input_order") or {k: list(v) for k, v in info["input"].items()}
-        wv = list(n.get("widgets_values") or [])
+        values = dict(zip([w[0] for w in frontend_widgets(info)], n.get("widgets_values") or []))
         ui_inputs = {i["name"]: i for i in n.get("inputs") or []}
         inputs = {}
-        for name in list(order.get("required", [])) + list(order.get("optional", [])):
-            typ, opts = _spec(specs[name])
-            if _is_widget(typ, opts):
-                inputs[name] = wv.pop(0)
-                if opts.get("control_after_generate") or opts.get("image_upload"):
-                    wv.pop(0)
+        for name, typ, opts in _ordered_specs(info):
+            # graphToPrompt: every widget whose options do not say serialize: false (the control,
+            # filter and upload widgets do), then the links, which win over a widget value
+            if _is_widget(typ, opts) and typ != "IMAGEUPLOAD" and name in values:
+                value = values[name]
+                inputs[name] = {"__value__": value} if isinstance(value, list) else value
             ui = ui_inputs.get(name)
             if ui is not None and ui.get("link") is not None:
                 ln = links[ui["link"]]
