@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -35,9 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 STUB = Path(__file__).resolve().parent / "comfy_stub"
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI source tree to run")
-PACK_NODES = {"PasticheLoadDualStyleGAN", "PasticheAlignFace", "PasticheEncodeExemplarStyle", "PasticheMixStyleLayers", "PasticheDualStyleGANGenerate",
-              "PasticheFineTuneStage", "PastichePasteFaceBack", "PasticheSampleRandomStyle",
-              "PasticheInterpolateStyles", "PasticheStyleWeightGrid", "PasticheImageGrid"}
+PACK_NODES = {"PasticheLoadDualStyleGAN", "PasticheAlignFace", "PasticheEncodeExemplarStyle",
+              "PasticheMixStyleLayers", "PasticheDualStyleGANGenerate", "PasticheFineTuneStage",
+              "PastichePasteFaceBack", "PasticheSampleRandomStyle", "PasticheInterpolateStyles",
+              "PasticheStyleWeightGrid", "PasticheImageGrid"}
 
 
 def _helper(name):
@@ -114,6 +116,30 @@ def test_object_info_lists_every_node(server):
     log = server["log"].read_text()
     assert "IMPORT FAILED" not in "\n".join(line for line in log.splitlines() if "pastiche" in line)
     assert "cartoon" in info["PasticheLoadDualStyleGAN"]["input"]["required"]["style"][1]["options"]
+    # the server serialises an explicit control_after_generate = False (the frontend's ?? keeps it)
+    seeds = {n: info[n]["input"]["required"]["seed"][1].get("control_after_generate")
+             for n in PACK_NODES if "seed" in info[n]["input"]["required"]}
+    assert seeds == {"PasticheFineTuneStage": False, "PasticheDualStyleGANGenerate": False,
+                     "PasticheSampleRandomStyle": True}
+    assert info["PasticheFineTuneStage"]["output_node"] is True
+
+
+def test_mistakes_fail_at_queue_time(server):
+    """validate_inputs: a bad save_name is reported when the prompt is queued, and ComfyUI's own
+    range checks still apply to the inputs it does not name."""
+    check = _helper("workflow_check")
+    wf = json.loads((ROOT / "workflows" / "5_training_finetune.json").read_text())
+    prompt = check.ui_to_api(wf, server["object_info"])
+    stage = next(k for k, n in prompt.items() if n["class_type"] == "PasticheFineTuneStage")
+    prompt[stage]["inputs"].update(save_name="../escape", iterations=-1)
+    req = urllib.request.Request(server["url"] + "/prompt", data=json.dumps({"prompt": prompt}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req, timeout=30)
+    errors = json.loads(exc.value.read())["node_errors"][stage]["errors"]
+    kinds = {e["type"] for e in errors}
+    assert {"custom_validation_failed", "value_smaller_than_min"} <= kinds, errors
+    assert any("save_name" in e["details"] and "plain folder name" in e["details"] for e in errors)
 
 
 def _run(server, path, timeout=1800):
