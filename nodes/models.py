@@ -61,7 +61,6 @@ class DualStyleGANBundle:
 
     def _managed(self, key: str, build):
         import comfy.model_management as mm
-        import comfy.model_patcher
 
         with self._lock:
             self.pipeline.device = self.offload_device  # new models are built off the compute device
@@ -71,8 +70,8 @@ class DualStyleGANBundle:
                 self.pipeline.device = self.load_device
             patcher = self._patchers.get(key)
             if patcher is None or patcher.model is not model:
-                patcher = comfy.model_patcher.ModelPatcher(model, load_device=self.load_device,
-                                                           offload_device=self.offload_device)
+                patcher = whole_model_patcher_class()(model, load_device=self.load_device,
+                                                      offload_device=self.offload_device)
                 self._patchers[key] = patcher
             mm.load_models_gpu([patcher])
             return model
@@ -111,9 +110,80 @@ class DualStyleGANBundle:
         return self.pipeline.generate(*args, **kwargs)
 
 
-def _pick_dtype(precision: str, device, n_params: int):
+_WHOLE_PATCHERS: dict = {}
+
+
+def whole_model_patcher_class():
+    """A ``ModelPatcher`` subclass that loads our models whole or not at all.
+
+    ComfyUI's partial loading (``--lowvram``, ``--novram``, a small or busy GPU) moves a model
+    module by module and only modules that own parameters; our FIR kernels and noise maps live
+    in buffer-only submodules that it never moves, and a half-moved generator mixes devices in
+    its forward. Our models are small (a few hundred MB), so loading them whole is the right
+    trade: every load is a full load (which ends in ``model.to(device)``, buffers included), and
+    a request to free part of one frees nothing, so ComfyUI falls back to detaching it whole.
+    Built on first use so the class derives from the host's ModelPatcher (real or stub)."""
+    import comfy.model_patcher
+
+    base = comfy.model_patcher.ModelPatcher
+    cls = _WHOLE_PATCHERS.get(base)
+    if cls is None:
+        class WholeModelPatcher(base):
+            def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+                return super().load(device_to, lowvram_model_memory=lowvram_model_memory,
+                                    force_patch_weights=force_patch_weights, full_load=True)
+
+            def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False):
+                # 0 freed: LoadedModel.model_unload then detaches the whole model instead
+                return 0
+
+        WholeModelPatcher.__qualname__ = WholeModelPatcher.__name__
+        cls = _WHOLE_PATCHERS[base] = WholeModelPatcher
+    return cls
+
+
+def auto_dtype(device, n_params: int = 0):
+    """The weights dtype of precision 'auto': float32, float16 or bfloat16, never anything else.
+
+    ComfyUI's ``unet_dtype`` is made for diffusion models: it returns float8 under
+    ``--fp8_e4m3fn-unet`` (our plain conv layers cannot compute in it) and follows flags whose
+    trade-offs were measured on UNets. The rule here: float32 on the CPU (half precision is slow
+    there and reproduces nothing); ``--fp32-unet``/``--force-fp32`` give float32;
+    ``--bf16-unet`` bfloat16 and ``--fp16-unet``/``--force-fp16`` float16, each only where the
+    device supports it (else the other half type, else float32); the fp8 flags are ignored (the
+    GAN weights are small, so they save little and would cost accuracy); by default the half type
+    ComfyUI would run on this device (against float32 a float16 image keeps ~55 dB PSNR, a
+    bfloat16 one ~38 dB, see tests/test_ops.py), else float32."""
     import torch
     import comfy.model_management as mm
+    from comfy.cli_args import args
+
+    if device.type == "cpu":
+        return torch.float32
+    if getattr(args, "fp32_unet", False) or getattr(args, "fp64_unet", False) or getattr(args, "force_fp32", False):
+        return torch.float32
+
+    def supports(dtype):
+        # manual_cast + not prioritize_performance: "can this device compute in it at all"
+        check = mm.should_use_fp16 if dtype == torch.float16 else mm.should_use_bf16
+        return bool(check(device=device, model_params=n_params, prioritize_performance=False, manual_cast=True))
+
+    wanted = None
+    if getattr(args, "bf16_unet", False):
+        wanted = [torch.bfloat16, torch.float16]
+    elif getattr(args, "fp16_unet", False) or getattr(args, "force_fp16", False):
+        wanted = [torch.float16, torch.bfloat16]
+    if wanted is not None:
+        return next((dt for dt in wanted if supports(dt)), torch.float32)
+    if mm.should_use_fp16(device=device, model_params=n_params):
+        return torch.float16
+    if mm.should_use_bf16(device=device, model_params=n_params):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _pick_dtype(precision: str, device, n_params: int):
+    import torch
 
     if precision == "fp32":
         return torch.float32
@@ -121,11 +191,7 @@ def _pick_dtype(precision: str, device, n_params: int):
         return torch.float16
     if precision == "bf16":
         return torch.bfloat16
-    if device.type == "cpu":
-        return torch.float32
-    # auto: honour ComfyUI's --fp16-unet / --bf16-unet / --fp32-unet and the device's capabilities
-    return mm.unet_dtype(device=device, model_params=n_params,
-                         supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    return auto_dtype(device, n_params)
 
 
 _CACHE: dict[tuple, DualStyleGANBundle] = {}
@@ -191,6 +257,9 @@ def load_bundle(style: str, precision: str = "auto", *, root: Path | None = None
             pipe.paths.require("encoder")
             pipe.paths.require("bank")
         bundle = DualStyleGANBundle(pipe, stylename, root, load_device, offload_device, dtype)
+        # the dtype depends on launch flags and the device: say which, for bug reports (and tests)
+        log.info("Pastiche: style '%s' runs on %s in %s (precision %s)", stylename, load_device,
+                 str(dtype).replace("torch.", ""), precision)
         # load the parts every graph needs now, so a wrong file fails here, in the loader
         bundle.generator()
         bundle.encoder("z+")
@@ -218,9 +287,10 @@ class LoadDualStyleGAN(io.ComfyNode):
                                tooltip="A style folder in models/dualstylegan/ (e.g. cartoon, arcane, anime) that "
                                        "holds generator.pt; encoder.pt sits one level up, as in the official release."),
                 io.Combo.Input("precision", options=PRECISIONS, default="auto",
-                               tooltip="Weights dtype. auto: fp32 on CPU; on GPU ComfyUI's choice "
-                                       "(--fp16-unet / --bf16-unet / --fp32-unet are honoured). fp32 reproduces the "
-                                       "official outputs exactly."),
+                               tooltip="Weights dtype. auto: fp32 on CPU; on a GPU the half type it runs best, or "
+                                       "what --fp16-unet / --force-fp16 / --bf16-unet / --fp32-unet ask for where the "
+                                       "device supports it (fp8 flags are ignored: conv layers cannot run in fp8). "
+                                       "fp32 reproduces the official outputs exactly."),
             ],
             outputs=[DualStyleGANModel.Output(display_name="model",
                                               tooltip="Generator, encoders, style bank and sampler of this style.")],

@@ -5,6 +5,8 @@ itself pulls torch in at import time.
 """
 from __future__ import annotations
 
+from comfy.cli_args import args  # noqa: F401  (the real module exposes it too)
+
 
 class InterruptProcessingException(Exception):
     pass
