@@ -842,3 +842,24 @@ def test_workflow_has_a_template_thumbnail(path):
     assert thumb.is_file() and thumb.stat().st_size < 100_000
     with Image.open(thumb) as im:
         assert im.format == "JPEG" and min(im.size) >= 128
+
+
+def test_style_preview_grid(nodes, demo, host):
+    """A page of the demo bank (4 styles: one row) on a face, labelled, with its listing."""
+    from comfy.utils import events
+
+    node = nodes["PasticheStylePreviewGrid"]
+    info = node.GET_NODE_INFO_V1()
+    assert info["display_name"] == "Style Preview Grid" and info["output"] == ["IMAGE", "STRING"]
+    assert list(info["input"]["required"]) == ["model", "image", "page"]
+    before = len(events)
+    grid, listing = node.execute(model=demo, image=face_image(), page=0)
+    assert grid.shape == (1, 256, 4 * 256, 3) and grid.dtype == torch.float32
+    assert listing.splitlines() == [f"{i}: demo_style_{i}" for i in range(4)]
+    assert len(events) > before  # progress per generator batch
+    band = grid[0, -18:]
+    assert (band == 0).float().mean() > 0.5 and (band > 0.8).any()  # the labels
+    with pytest.raises(err(host), match=r"page 1 does not exist: the bank has 4 styles on 1 page"):
+        node.execute(model=demo, image=face_image(), page=1)
+    with pytest.raises(err(host), match="square face crop"):
+        node.execute(model=demo, image=face_image()[:, :200], page=0)
