@@ -28,12 +28,15 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 @pytest.fixture(scope="module")
 def repo_files(tmp_path_factory) -> dict[str, bytes]:
+    return make_repo_files(tmp_path_factory.mktemp("repo"))
+
+
+def make_repo_files(d: Path) -> dict[str, bytes]:
     """models/... -> bytes: a small DualStyleGAN (float16 halves it), a bank, a sampler."""
     from pastiche_core.models import DualStyleGAN
     from pastiche_core.models.sampler import StyleSampler
     from pastiche_core.styles import StyleBank
 
-    d = tmp_path_factory.mktemp("repo")
     torch.manual_seed(0)
     g = DualStyleGAN(32, style_dim=64, n_mlp=8, channel_multiplier=1)
     torch.save({"g_ema": {k: v.half() for k, v in g.state_dict().items()}}, d / "generator.pt")

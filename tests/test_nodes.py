@@ -863,3 +863,46 @@ def test_style_preview_grid(nodes, demo, host):
         node.execute(model=demo, image=face_image(), page=1)
     with pytest.raises(err(host), match="square face crop"):
         node.execute(model=demo, image=face_image()[:, :200], page=0)
+
+
+def test_loader_lists_official_styles_and_downloads_on_request(nodes, host, monkeypatch, tmp_path):
+    """Official styles are listed before they are downloaded; with download_missing on, the
+    loader fetches them (from a loopback Hub here) with progress, then loads them."""
+    import folder_paths
+    from comfy.utils import events
+
+    spec = importlib.util.spec_from_file_location("pastiche_test_download", Path(__file__).parent / "test_download.py")
+    td = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(td)
+    models_mod = sys.modules["pastiche_pack_under_test.nodes.models"]
+    loader = nodes["PasticheLoadDualStyleGAN"]
+    info = loader.GET_NODE_INFO_V1()["input"]["required"]
+    opts = info["style"][1]["options"]
+    assert opts[0] == "cartoon" and "anime" in opts and "slamdunk" in opts and opts[-1].startswith("demo")
+    assert "not downloaded yet: caricature, anime" in info["style"][1]["tooltip"]
+    assert list(info)[-1] == "download_missing" and info["download_missing"][1]["default"] is False
+
+    root = Path(folder_paths.get_folder_paths("dualstylegan")[0])
+    with pytest.raises(err(host), match=rf"style 'anime' is not downloaded: anime/generator.pt.* missing in '{root}'. "
+                                        r"Turn on 'download_missing'"):
+        loader.execute(style="anime")
+
+    hub = td.Hub(td.make_repo_files(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(models_mod, "load_bundle", lambda style, precision="auto": ("loaded", style))
+    (root / "encoder.pt").write_bytes(b"the encoder is already here")
+    try:
+        before = len(events)
+        assert loader.execute(style="anime", download_missing=True)[0] == ("loaded", "anime")
+        assert sorted(p.name for p in (root / "anime").iterdir()) == ["exstyle_code.npy", "generator.pt",
+                                                                      "refined_exstyle_code.npy", "sampler.pt"]
+        assert events[-1][1:] == (1000, 1000) and len(events) > before + 3
+        assert "anime" in models_mod.find_styles()
+        hub.close()  # complete now: no network needed
+        assert loader.execute(style="anime", download_missing=True)[0] == ("loaded", "anime")
+    finally:
+        import shutil
+
+        shutil.rmtree(root / "anime", ignore_errors=True)
+        (root / "encoder.pt").unlink(missing_ok=True)
