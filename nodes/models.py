@@ -285,7 +285,8 @@ class LoadDualStyleGAN(io.ComfyNode):
                                tooltip="Weights dtype. auto: fp32 on CPU; on GPU ComfyUI's choice "
                                        "(--fp16-unet / --bf16-unet / --fp32-unet are honoured). fp32 reproduces the "
                                        "official outputs exactly."),
-                io.Boolean.Input("download_missing", default=False,
+                # optional: API prompts saved before this input existed still validate
+                io.Boolean.Input("download_missing", default=False, optional=True,
                                  tooltip="When an official style's files are not in models/dualstylegan/ yet, fetch "
                                          "them from Hugging Face (public-data/DualStyleGAN), with progress; off: a "
                                          "missing file stops the node with the folder to fill by hand."),

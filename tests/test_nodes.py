@@ -880,7 +880,9 @@ def test_loader_lists_official_styles_and_downloads_on_request(nodes, host, monk
     opts = info["style"][1]["options"]
     assert opts[0] == "cartoon" and "anime" in opts and "slamdunk" in opts and opts[-1].startswith("demo")
     assert "not downloaded yet: caricature, anime" in info["style"][1]["tooltip"]
-    assert list(info)[-1] == "download_missing" and info["download_missing"][1]["default"] is False
+    optional = loader.GET_NODE_INFO_V1()["input"]["optional"]
+    assert list(optional) == ["download_missing"] and optional["download_missing"][1]["default"] is False
+    assert loader.GET_NODE_INFO_V1()["input_order"]["optional"] == ["download_missing"]  # the last widget
 
     root = Path(folder_paths.get_folder_paths("dualstylegan")[0])
     with pytest.raises(err(host), match=rf"style 'anime' is not downloaded: anime/generator.pt.* missing in '{root}'. "
