@@ -42,6 +42,7 @@ _SUFFIXES = (".pt", ".pth", ".npy", ".safetensors")
 _CHUNK = 1 << 20
 _ATTEMPTS = 4  # connection drops resumed within one run before giving up (the .part stays)
 
+_SAFE_PATH = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)?")
 Progress = Callable[[str, int, int], None]  # (file, bytes done, bytes total)
 
 
@@ -107,6 +108,8 @@ def list_style_files(style: str, *, revision: str = "main") -> list[RemoteFile]:
     api = hub.HfApi(endpoint=endpoint())
     entries = api.list_repo_tree(REPO_ID, path_in_repo=REPO_FOLDER, recursive=True, revision=revision)
     files = [RemoteFile(e.path, getattr(e, "size", None)) for e in entries if hasattr(e, "size") and hasattr(e, "blob_id")]
+    # names come from a server: only plain relative paths may become paths in the models folder
+    files = [f for f in files if f.path.startswith(REPO_FOLDER + "/") and _SAFE_PATH.fullmatch(f.local)]
     shared = [f for f in files if f.local in SHARED_FILES]
     mine = [f for f in files if f.local.startswith(f"{style}/") and f.local.endswith(_SUFFIXES)]
     if not mine:
@@ -184,6 +187,8 @@ def _stream(url: str, part: Path, size: int | None, name: str, progress: Progres
             have = 0
         with open(part, "ab" if have else "wb") as f:
             for chunk in r.iter_bytes(_CHUNK):
+                if size is not None and have + len(chunk) > size:
+                    raise DownloadError(f"'{name}': the server sent more than the {size} bytes it announced")
                 f.write(chunk)
                 have += len(chunk)
                 if progress is not None:

@@ -202,6 +202,14 @@ def test_a_corrupted_file_is_rejected_and_removed(hub, models, repo_files):
     assert not [p for p in tree(models) if "generator" in p]  # no .part, no file under a hidden name
 
 
+def test_names_from_the_server_stay_inside_the_folder(hub, models, tmp_path):
+    hub.files["models/anime/../../../escaped.pt"] = b"x"
+    hub.files["models/anime/.hidden.pt"] = b"x"
+    download_style("anime", models)
+    assert not (tmp_path / "escaped.pt").exists() and not list(tmp_path.rglob("escaped.pt"))
+    assert not (models / "anime" / ".hidden.pt").exists()
+
+
 def test_unknown_style_names_the_remote_ones(hub, models):
     with pytest.raises(DownloadError, match=r"style 'nope' is not in public-data/DualStyleGAN \(its styles: anime, cartoon\)"):
         download_style("nope", models)
