@@ -125,7 +125,7 @@ def _probe(revision: str) -> None:
     url = hub.hf_hub_url(REPO_ID, f"{REPO_FOLDER}/{SHARED_FILES[0]}", revision=revision, endpoint=endpoint())
     try:
         hub.get_hf_file_metadata(url, timeout=15)
-    except hub.errors.EntryNotFoundError:
+    except hub.utils.EntryNotFoundError:
         pass  # reachable; the listing says what there is
 
 
@@ -179,14 +179,21 @@ def _stream(url: str, part: Path, size: int | None, name: str, progress: Progres
     headers["Accept-Encoding"] = "identity"  # byte offsets must be offsets into the file itself
     if have:
         headers["Range"] = f"bytes={have}-"
-    with get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=30) as r:
+    session = get_session()
+    if callable(getattr(session, "stream", None)):  # httpx / httpx2: huggingface_hub >= 1.0
+        response = session.stream("GET", url, headers=headers, follow_redirects=True, timeout=30)
+        chunks = lambda r: r.iter_bytes(_CHUNK)  # noqa: E731
+    else:  # requests: huggingface_hub 0.x, which ComfyUI installs with transformers < 5
+        response = session.get(url, headers=headers, stream=True, allow_redirects=True, timeout=30)
+        chunks = lambda r: r.iter_content(_CHUNK)  # noqa: E731
+    with response as r:
         if r.status_code == 416:  # the .part is already whole (size unknown beforehand)
             return
         hf_raise_for_status(r)
         if r.status_code != 206:  # the server sent the whole file: start over
             have = 0
         with open(part, "ab" if have else "wb") as f:
-            for chunk in r.iter_bytes(_CHUNK):
+            for chunk in chunks(r):
                 if size is not None and have + len(chunk) > size:
                     raise DownloadError(f"'{name}': the server sent more than the {size} bytes it announced")
                 f.write(chunk)
@@ -282,7 +289,7 @@ def download_style(style: str, dest: str | os.PathLike = "checkpoint", *, revisi
         if not _is_network_error(exc):
             raise
         hub = _hub()
-        if isinstance(exc, hub.errors.RepositoryNotFoundError):
+        if isinstance(exc, hub.utils.RepositoryNotFoundError):
             reason = f"{REPO_ID} was not found at {endpoint()}"
         else:
             reason = f"cannot download from {endpoint()} ({_reason(exc)})"
