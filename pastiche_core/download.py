@@ -166,12 +166,13 @@ def validate(path: Path, name: str) -> None:
         safe_torch_load(path, f"the official {name}")
 
 
-def _stream(url: str, part: Path, size: int | None, name: str, progress: Progress | None) -> None:
-    """Append the rest of ``url`` to ``part`` (a Range request from its current size)."""
+def _stream(url: str, f, size: int | None, name: str, progress: Progress | None) -> None:
+    """Append the rest of ``url`` to the open ``.part`` file ``f`` (a Range request from its size)."""
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-    have = part.stat().st_size if part.exists() else 0
+    have = f.seek(0, os.SEEK_END)
     if size is not None and have > size:
+        f.truncate(0)
         have = 0
     if size is not None and have == size:
         return
@@ -191,8 +192,9 @@ def _stream(url: str, part: Path, size: int | None, name: str, progress: Progres
             return
         hf_raise_for_status(r)
         if r.status_code != 206:  # the server sent the whole file: start over
+            f.truncate(0)
             have = 0
-        with open(part, "ab" if have else "wb") as f:
+        try:
             for chunk in chunks(r):
                 if size is not None and have + len(chunk) > size:
                     raise DownloadError(f"'{name}': the server sent more than the {size} bytes it announced")
@@ -200,8 +202,22 @@ def _stream(url: str, part: Path, size: int | None, name: str, progress: Progres
                 have += len(chunk)
                 if progress is not None:
                     progress(name, have, size or have)
+        finally:  # what arrived is kept for the next attempt
             f.flush()
             os.fsync(f.fileno())
+
+
+def _lock(f, name: str) -> None:
+    """One writer per ``.part`` (a CLI run and ComfyUI on the same folder): an exclusive
+    ``flock`` on the file itself, so no lock file is left in the models folder."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: not guarded
+        return
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):
+        raise DownloadError(f"'{name}' is being downloaded by another process; wait for it to finish") from None
 
 
 def fetch_file(remote: RemoteFile, dest: Path, *, revision: str = "main", progress: Progress | None = None) -> Path:
@@ -215,25 +231,28 @@ def fetch_file(remote: RemoteFile, dest: Path, *, revision: str = "main", progre
     url = hub.hf_hub_url(REPO_ID, remote.path, revision=revision, endpoint=endpoint())
     meta = hub.get_hf_file_metadata(url)
     size = meta.size if meta.size is not None else remote.size
-    for attempt in range(_ATTEMPTS):
-        try:
-            _stream(url, part, size, remote.local, progress)
-            break
-        except Exception as exc:
-            if not _is_network_error(exc) or attempt == _ATTEMPTS - 1:
-                raise
-    have = part.stat().st_size if part.exists() else 0
-    if size is not None and have != size:
-        raise DownloadError(f"'{remote.local}' stopped at {have} of {size} bytes; run the download again to "
-                            f"resume it ('{part.name}' keeps what arrived)")
-    etag = (meta.etag or "").strip('"').lower()
-    if re.fullmatch(r"[0-9a-f]{64}", etag) and _sha256(part) != etag:
-        part.unlink()
-        raise DownloadError(f"'{remote.local}' arrived damaged (its SHA-256 is not the Hub's); removed it, run the "
-                            f"download again")
-    # the loaders tell files apart by suffix: check under a hidden name that keeps it
     checking = target.with_name(f".{target.stem}.pst-check{target.suffix}")
-    os.replace(part, checking)
+    with open(part, "ab") as f:  # never "wb": that would empty another writer's file before the lock
+        _lock(f, remote.local)
+        for attempt in range(_ATTEMPTS):
+            try:
+                _stream(url, f, size, remote.local, progress)
+                break
+            except Exception as exc:
+                if not _is_network_error(exc) or attempt == _ATTEMPTS - 1:
+                    raise
+        have = f.seek(0, os.SEEK_END)
+        if size is not None and have != size:
+            raise DownloadError(f"'{remote.local}' stopped at {have} of {size} bytes; run the download again to "
+                                f"resume it ('{part.name}' keeps what arrived)")
+        etag = (meta.etag or "").strip('"').lower()
+        if re.fullmatch(r"[0-9a-f]{64}", etag) and _sha256(part) != etag:
+            part.unlink()
+            raise DownloadError(f"'{remote.local}' arrived damaged (its SHA-256 is not the Hub's); removed it, run "
+                                f"the download again")
+        # the loaders tell files apart by suffix: check under a hidden name that keeps it; renamed
+        # while still locked, so no other writer appends to it meanwhile
+        os.replace(part, checking)
     try:
         validate(checking, target.name)
     except PasticheError as exc:

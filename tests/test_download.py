@@ -235,3 +235,15 @@ def test_cli_download_and_offline_errors(hub, models, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
         assert f"put them, unchanged, in '{target}'" in lines[0] and "huggingface.co/public-data/DualStyleGAN" in lines[0]
         assert not target.exists() or tree(target) == []
+
+
+def test_one_writer_per_part_file(hub, models):
+    import fcntl
+
+    (models / "anime").mkdir()
+    with open(models / "anime" / "exstyle_code.npy.part", "ab") as held:  # another run's download
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(DownloadError, match="'anime/exstyle_code.npy' is being downloaded by another process"):
+            download_style("anime", models)
+    download_style("anime", models)  # released: this run completes it
+    assert (models / "anime" / "exstyle_code.npy").is_file() and not list(models.rglob("*.part"))
