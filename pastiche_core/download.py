@@ -21,9 +21,11 @@ no connection, gives one error naming the folder to fill by hand.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,8 +294,10 @@ def download_style(style: str, dest: str | os.PathLike = "checkpoint", *, revisi
         raise DownloadError(f"cannot create the models folder '{dest}': {exc.strerror or exc}") from None
     if not os.access(dest, os.W_OK):
         raise DownloadError(f"the models folder '{dest}' is not writable")
-    for stale in dest.glob("**/.*.pst-check.*"):  # a run killed while validating
-        stale.unlink(missing_ok=True)
+    for stale in dest.glob("**/.*.pst-check.*"):  # left by a run killed while validating
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > 3600:  # not one that a live run is checking now
+                stale.unlink()
     written = []
     try:
         _probe(revision)
