@@ -128,3 +128,16 @@ def test_cli_preview_needs_out_and_a_square_face(tmp_path):
     Image.new("RGB", (300, 200)).save(wide)
     r = run_cli("styles", "--checkpoints", tmp_path, "--preview", wide, "--out", tmp_path / "g.png", cwd=tmp_path)
     assert r.returncode == 2 and "not an aligned square face crop; pass --align-face" in r.stderr
+
+
+def test_a_photo_is_aligned_first_with_align_face():
+    from pastiche_core.faces.detect import available_detectors
+    from pastiche_core.preview import load_face
+
+    if available_detectors().get("dlib"):
+        pytest.skip(f"dlib detector unavailable: {available_detectors()['dlib']}")
+    photo = ROOT / "workflows" / "inputs" / "pastiche_photo.jpg"
+    with pytest.raises(InputError, match="pass --align-face"):
+        load_face(photo)
+    face = load_face(photo, align_face=True)
+    assert face.shape == (256, 256, 3) and face.dtype == np.uint8
