@@ -889,6 +889,13 @@ def test_loader_lists_official_styles_and_downloads_on_request(nodes, host, monk
                                         r"Turn on 'download_missing'"):
         loader.execute(style="anime")
 
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # offline: nothing listens there
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(err(host), match=rf"cannot download style 'anime': cannot download from http://127.0.0.1:9 .* "
+                                        rf"put them, unchanged, in '{root}'"):
+        loader.execute(style="anime", download_missing=True)
+    assert not (root / "anime").exists()
+
     hub = td.Hub(td.make_repo_files(tmp_path))
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
