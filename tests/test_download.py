@@ -168,7 +168,8 @@ def test_full_download(hub, models, repo_files):
     for name in ("generator.pt", "exstyle_code.npy", "sampler.pt"):
         assert (models / "anime" / name).read_bytes() == repo_files[f"models/anime/{name}"]
     assert (models / "encoder.pt").read_bytes() == b"already here: kept as it is"
-    assert not any("encoder.pt" in p or "cartoon" in p for _, p, _ in hub.requests if "resolve" in p and _ == "GET")
+    fetched = [p for m, p, _ in hub.requests if m == "GET" and "/resolve/" in p]
+    assert len(fetched) == 4 and not any("encoder.pt" in p or "cartoon" in p for p in fetched)
     assert seen[-1][1] == seen[-1][2] and {s[0] for s in seen} >= {"anime/generator.pt"}
     # everything there: a second run fetches nothing
     n = len(hub.requests)
