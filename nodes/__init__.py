@@ -11,12 +11,13 @@ from .common import MODEL_FOLDER, register_model_folder
 from .faces import AlignFace, PasteFaceBack
 from .generate import DualStyleGANGenerate, ImageGrid
 from .models import LoadDualStyleGAN
-from .styles import EncodeExemplarStyle, InterpolateStyles, MixStyleLayers, SampleRandomStyle, StyleWeightGrid
+from .styles import (EncodeExemplarStyle, InterpolateStyles, MixStyleLayers, SampleRandomStyle, StylePreviewGrid,
+                     StyleWeightGrid)
 from .training import FineTuneStage
 
 NODES: list[type[io.ComfyNode]] = [
     LoadDualStyleGAN, AlignFace, EncodeExemplarStyle, MixStyleLayers, DualStyleGANGenerate, FineTuneStage,
-    PasteFaceBack, SampleRandomStyle, InterpolateStyles, StyleWeightGrid, ImageGrid,
+    PasteFaceBack, SampleRandomStyle, InterpolateStyles, StyleWeightGrid, ImageGrid, StylePreviewGrid,
 ]
 
 

@@ -34,8 +34,62 @@ def find_styles() -> dict[str, Path]:
     return styles
 
 
+def official_styles() -> tuple[str, ...]:
+    from pastiche_core.download import OFFICIAL_STYLES  # no network, no huggingface_hub at import
+
+    return OFFICIAL_STYLES
+
+
 def style_options() -> list[str]:
-    return list(find_styles()) + [DEMO_STYLE]
+    """Local style folders, then the official styles not downloaded yet, then the demo. The
+    official ones keep their plain names (no "(not downloaded)" mark in the value): a workflow
+    that stores "anime" stays valid once anime has been downloaded."""
+    local = list(find_styles())
+    return local + [s for s in official_styles() if s not in local] + [DEMO_STYLE]
+
+
+def _download_folder(style: str) -> Path | None:
+    """Where a style's files go: the root that already has the style, else the first
+    registered dualstylegan folder (models/dualstylegan)."""
+    root = find_styles().get(style)
+    if root is not None:
+        return Path(root)
+    roots = model_roots()
+    return Path(roots[0]) if roots else None
+
+
+def ensure_style_files(style: str, download_missing: bool) -> None:
+    """An official style whose files are missing: fetched when ``download_missing``, else a node
+    error naming the folder and the option. Other styles are left to the loader's own errors."""
+    if style == DEMO_STYLE or style not in official_styles():
+        return
+    from pastiche_core.download import REPO_ID, download_style, hub_page, missing_files
+
+    folder = _download_folder(style)
+    if folder is None:
+        raise PasticheNodeError(f"no '{MODEL_FOLDER}' model folder is registered to put style '{style}' in")
+    missing = missing_files(style, folder)
+    if not missing or (not download_missing and style in find_styles()):
+        return  # a style folder that is there but incomplete: the loader names the missing file
+    if not download_missing:
+        raise PasticheNodeError(f"style '{style}' is not downloaded: {', '.join(missing)} missing in '{folder}'. Turn "
+                                f"on 'download_missing' to fetch the official files from Hugging Face ({REPO_ID}), "
+                                f"or download them from {hub_page()} into that folder")
+    import comfy.model_management as mm
+    import comfy.utils
+    from pastiche_core.errors import PasticheError
+
+    bar = comfy.utils.ProgressBar(1000)
+
+    def progress(name: str, done: int, total: int) -> None:
+        bar.update_absolute(int(1000 * done / max(total, 1)), 1000)
+        mm.throw_exception_if_processing_interrupted()  # Stop: the .part stays and the next run resumes
+
+    log.info("Pastiche: downloading the official '%s' files into %s", style, folder)
+    try:
+        download_style(style, folder, progress=progress, log=lambda msg: log.info("Pastiche: %s", msg))
+    except PasticheError as exc:
+        raise PasticheNodeError(f"cannot download style '{style}': {exc}") from None
 
 
 class DualStyleGANBundle:
@@ -271,6 +325,15 @@ def load_bundle(style: str, precision: str = "auto", *, root: Path | None = None
     return bundle
 
 
+def _not_downloaded_note() -> str:
+    local = find_styles()
+    todo = [s for s in official_styles() if s not in local]
+    if not todo:
+        return "Every official style is downloaded."
+    return (f"Official styles not downloaded yet: {', '.join(todo)} (turn on download_missing to fetch the one "
+            f"you pick).")
+
+
 class LoadDualStyleGAN(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -285,19 +348,25 @@ class LoadDualStyleGAN(io.ComfyNode):
             inputs=[
                 io.Combo.Input("style", options=style_options(),
                                tooltip="A style folder in models/dualstylegan/ (e.g. cartoon, arcane, anime) that "
-                                       "holds generator.pt; encoder.pt sits one level up, as in the official release."),
+                                       "holds generator.pt; encoder.pt sits one level up, as in the official release. "
+                                       + _not_downloaded_note()),
                 io.Combo.Input("precision", options=PRECISIONS, default="auto",
                                tooltip="Weights dtype. auto: fp32 on CPU; on a GPU the half type it runs best, or "
                                        "what --fp16-unet / --force-fp16 / --bf16-unet / --fp32-unet ask for where the "
                                        "device supports it (fp8 flags are ignored: conv layers cannot run in fp8). "
                                        "fp32 reproduces the official outputs exactly."),
+                # optional: API prompts saved before this input existed still validate
+                io.Boolean.Input("download_missing", default=False, optional=True,
+                                 tooltip="When an official style's files are not in models/dualstylegan/ yet, fetch "
+                                         "them from Hugging Face (public-data/DualStyleGAN), with progress; off: a "
+                                         "missing file stops the node with the folder to fill by hand."),
             ],
             outputs=[DualStyleGANModel.Output(display_name="model",
                                               tooltip="Generator, encoders, style bank and sampler of this style.")],
         )
 
     @classmethod
-    def fingerprint_inputs(cls, style: str, precision: str = "auto"):
+    def fingerprint_inputs(cls, style: str, precision: str = "auto", download_missing: bool = False):
         """ComfyUI caches this node's output by its inputs, and a style retrained or replaced in place
         keeps its name: so the key also carries name, size and mtime of every file the loader will
         read (the same stamp that keys :data:`_CACHE`). A stat per file, no loading."""
@@ -310,5 +379,6 @@ class LoadDualStyleGAN(io.ComfyNode):
 
     @classmethod
     @node_errors("Load DualStyleGAN")
-    def execute(cls, style: str, precision: str = "auto") -> io.NodeOutput:
+    def execute(cls, style: str, precision: str = "auto", download_missing: bool = False) -> io.NodeOutput:
+        ensure_style_files(style, bool(download_missing))
         return io.NodeOutput(load_bundle(style, precision))

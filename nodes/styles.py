@@ -364,3 +364,45 @@ class StyleWeightGrid(io.ComfyNode):
         sets = [_weights(s, c) for s in ss for c in cs]
         labels = [f"s{s:g} c{c:g}" for s in ss for c in cs]
         return io.NodeOutput(LayerWeights(sets, [bool(preserve_color)] * len(sets), labels))
+
+
+class StylePreviewGrid(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PasticheStylePreviewGrid", display_name="Style Preview Grid", category=f"{CATEGORY}/style",
+            description=("Renders one page of the model's style bank (16 styles a page, pages counted from 0) on an "
+                         "aligned face, each tile labelled with its bank index and name, so a style can be picked by "
+                         "sight; then use that index (or name) in Encode Exemplar Style."),
+            inputs=[
+                DualStyleGANModel.Input("model", tooltip="From Load DualStyleGAN: its style bank is previewed."),
+                io.Image.Input("image", tooltip="An aligned square face crop (e.g. from Align Face); the first "
+                                                "image of a batch is used."),
+                io.Int.Input("page", default=0, min=0, max=10000,
+                             tooltip="Which 16 styles: page 0 shows indices 0-15, page 1 shows 16-31, ..."),
+            ],
+            outputs=[io.Image.Output(display_name="grid", tooltip="The page as one image: 4 tiles a row, each "
+                                                                  "labelled 'index: name'."),
+                     io.String.Output(display_name="styles", tooltip="The page's styles, one 'index: name' a line.")],
+        )
+
+    @classmethod
+    def execute(cls, model, image, page: int = 0) -> io.NodeOutput:
+        from pastiche_core.errors import PasticheError
+        from pastiche_core.preview import page_indices, render_page
+
+        from .common import uint8_to_image
+
+        model = _check_model(model)
+        face = image_to_uint8(check_image(image, "image")[:1])[0]
+        h, w = face.shape[:2]
+        if h != w or h < 64:
+            raise PasticheNodeError(f"image is {w}x{h}: the preview needs an aligned square face crop of at least "
+                                    f"64x64 (put an Align Face node before it)")
+        try:
+            n_chunks = -(-len(page_indices(len(model.bank), int(page))) // 4)
+            progress = Progress(n_chunks)
+            result = render_page(model, face, int(page), batch=4, progress=lambda done, total: progress.step())
+        except PasticheError as exc:
+            raise PasticheNodeError(f"Style Preview Grid ('{model.style}' bank): {exc}") from None
+        return io.NodeOutput(uint8_to_image([result.image]), result.listing())

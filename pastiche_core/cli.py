@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "styles": ("pastiche_core.commands.styles", "list the styles of a style bank"),
     "train": ("pastiche_core.commands.train",
               "train a stage of the official pipeline (refine-exstyle, sampler; resumable, torchrun)"),
+    "download": ("pastiche_core.commands.download",
+                 "fetch a style's official files from the Hugging Face Hub (only when run; resumable)"),
     "convert": ("pastiche_core.commands.convert", "convert a generator between the official .pt and our .safetensors"),
 }
 

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a Co
 PACK_NODES = {"PasticheLoadDualStyleGAN", "PasticheAlignFace", "PasticheEncodeExemplarStyle",
               "PasticheMixStyleLayers", "PasticheDualStyleGANGenerate", "PasticheFineTuneStage",
               "PastichePasteFaceBack", "PasticheSampleRandomStyle", "PasticheInterpolateStyles",
-              "PasticheStyleWeightGrid", "PasticheImageGrid"}
+              "PasticheStyleWeightGrid", "PasticheImageGrid", "PasticheStylePreviewGrid"}
 
 
 def _helper(name):

@@ -905,3 +905,76 @@ def test_workflow_has_a_template_thumbnail(path):
     assert thumb.is_file() and thumb.stat().st_size < 100_000
     with Image.open(thumb) as im:
         assert im.format == "JPEG" and min(im.size) >= 128
+
+
+def test_style_preview_grid(nodes, demo, host):
+    """A page of the demo bank (4 styles: one row) on a face, labelled, with its listing."""
+    from comfy.utils import events
+
+    node = nodes["PasticheStylePreviewGrid"]
+    info = node.GET_NODE_INFO_V1()
+    assert info["display_name"] == "Style Preview Grid" and info["output"] == ["IMAGE", "STRING"]
+    assert list(info["input"]["required"]) == ["model", "image", "page"]
+    before = len(events)
+    grid, listing = node.execute(model=demo, image=face_image(), page=0)
+    assert grid.shape == (1, 256, 4 * 256, 3) and grid.dtype == torch.float32
+    assert listing.splitlines() == [f"{i}: demo_style_{i}" for i in range(4)]
+    assert len(events) > before  # progress per generator batch
+    band = grid[0, -18:]
+    assert (band == 0).float().mean() > 0.5 and (band > 0.8).any()  # the labels
+    with pytest.raises(err(host), match=r"page 1 does not exist: the bank has 4 styles on 1 page"):
+        node.execute(model=demo, image=face_image(), page=1)
+    with pytest.raises(err(host), match="square face crop"):
+        node.execute(model=demo, image=face_image()[:, :200], page=0)
+
+
+def test_loader_lists_official_styles_and_downloads_on_request(nodes, host, monkeypatch, tmp_path):
+    """Official styles are listed before they are downloaded; with download_missing on, the
+    loader fetches them (from a loopback Hub here) with progress, then loads them."""
+    import folder_paths
+    from comfy.utils import events
+
+    spec = importlib.util.spec_from_file_location("pastiche_test_download", Path(__file__).parent / "test_download.py")
+    td = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(td)
+    models_mod = sys.modules["pastiche_pack_under_test.nodes.models"]
+    loader = nodes["PasticheLoadDualStyleGAN"]
+    info = loader.GET_NODE_INFO_V1()["input"]["required"]
+    opts = info["style"][1]["options"]
+    assert opts[0] == "cartoon" and "anime" in opts and "slamdunk" in opts and opts[-1].startswith("demo")
+    assert "not downloaded yet: caricature, anime" in info["style"][1]["tooltip"]
+    optional = loader.GET_NODE_INFO_V1()["input"]["optional"]
+    assert list(optional) == ["download_missing"] and optional["download_missing"][1]["default"] is False
+    assert loader.GET_NODE_INFO_V1()["input_order"]["optional"] == ["download_missing"]  # the last widget
+
+    root = Path(folder_paths.get_folder_paths("dualstylegan")[0])
+    with pytest.raises(err(host), match=rf"style 'anime' is not downloaded: anime/generator.pt.* missing in '{root}'. "
+                                        r"Turn on 'download_missing'"):
+        loader.execute(style="anime")
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # offline: nothing listens there
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(err(host), match=rf"cannot download style 'anime': cannot download from http://127.0.0.1:9 .* "
+                                        rf"put them, unchanged, in '{root}'"):
+        loader.execute(style="anime", download_missing=True)
+    assert not (root / "anime").exists()
+
+    hub = td.Hub(td.make_repo_files(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(models_mod, "load_bundle", lambda style, precision="auto": ("loaded", style))
+    (root / "encoder.pt").write_bytes(b"the encoder is already here")
+    try:
+        before = len(events)
+        assert loader.execute(style="anime", download_missing=True)[0] == ("loaded", "anime")
+        assert sorted(p.name for p in (root / "anime").iterdir()) == ["exstyle_code.npy", "generator.pt",
+                                                                      "refined_exstyle_code.npy", "sampler.pt"]
+        assert events[-1][1:] == (1000, 1000) and len(events) > before + 3
+        assert "anime" in models_mod.find_styles()
+        hub.close()  # complete now: no network needed
+        assert loader.execute(style="anime", download_missing=True)[0] == ("loaded", "anime")
+    finally:
+        import shutil
+
+        shutil.rmtree(root / "anime", ignore_errors=True)
+        (root / "encoder.pt").unlink(missing_ok=True)
