@@ -387,6 +387,7 @@ class StylePreviewGrid(io.ComfyNode):
         )
 
     @classmethod
+    @node_errors("Style Preview Grid")
     def execute(cls, model, image, page: int = 0) -> io.NodeOutput:
         from pastiche_core.errors import PasticheError
         from pastiche_core.preview import page_indices, render_page

@@ -38,9 +38,9 @@ def make_repo_files(d: Path) -> dict[str, bytes]:
     from pastiche_core.styles import StyleBank
 
     torch.manual_seed(0)
-    g = DualStyleGAN(32, style_dim=64, n_mlp=8, channel_multiplier=1)
+    g = DualStyleGAN(32, style_dim=512, n_mlp=8, channel_multiplier=1)  # the official family, at 32 px
     torch.save({"g_ema": {k: v.half() for k, v in g.state_dict().items()}}, d / "generator.pt")
-    StyleBank(["a.jpg", "b.jpg", "c.jpg"], torch.randn(3, 8, 64)).save_npy(d / "exstyle_code.npy")
+    StyleBank(["a.jpg", "b.jpg", "c.jpg"], torch.randn(3, 8, 512)).save_npy(d / "exstyle_code.npy")
     torch.save(StyleSampler().official_state(), d / "sampler.pt")
     files = {f"models/anime/{p.name}": p.read_bytes() for p in d.iterdir()}
     files["models/anime/refined_exstyle_code.npy"] = files["models/anime/exstyle_code.npy"]
