@@ -195,6 +195,47 @@ def align_clip(clip: Clip, *, detector="dlib", size: int = 256, face: str | int 
 # command line
 # --------------------------------------------------------------------------------------
 
+def parse_smoothing(value: str) -> float:
+    """argparse type for --smoothing: a number in [0, 1]."""
+    import argparse
+
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid smoothing '{value}' (a number from 0 = off to 1 = strongest)") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"smoothing {v} is out of range (0 = off to 1 = strongest)")
+    return v
+
+
+def parse_detect_every(value: str) -> int:
+    """argparse type for --detect-every: a whole number >= 1."""
+    import argparse
+
+    if not value.strip().isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"invalid --detect-every '{value}' (a whole number of frames, 1 or more)")
+    return int(value)
+
+
+def add_video_arguments(parser, *, stylize: bool = False) -> None:
+    """The clip options of ``align`` and ``stylize``."""
+    from .faces.track import DEFAULT_DETECT_EVERY, DEFAULT_SMOOTHING
+
+    parser.add_argument("--video", action="store_true",
+                        help="PHOTO is a folder of frames (natural order) or a video file (needs PyAV); --out is "
+                             "a folder. Faces are tracked across frames and their alignment smoothed"
+                             + (" (implies --align-face --paste-back)" if stylize else
+                                ": OUT/<frame>.png, or OUT/<frame>_face<K>.png with --face all (K = track id)"))
+    parser.add_argument("--smoothing", type=parse_smoothing, default=DEFAULT_SMOOTHING, metavar="S",
+                        help=f"with --video: smoothing of the alignment over time, 0 (off) to 1 (default {DEFAULT_SMOOTHING})")
+    parser.add_argument("--detect-every", type=parse_detect_every, default=DEFAULT_DETECT_EVERY, metavar="N",
+                        help=f"with --video: run the face detector every N frames and track in between "
+                             f"(default {DEFAULT_DETECT_EVERY}; 1 = every frame)")
+    if stylize:
+        parser.add_argument("--batch", type=parse_detect_every, default=8, metavar="B",
+                            help="with --video: faces stylised per generator call (default 8)")
+
+
 def _note_skipped(clip: Clip) -> None:
     if clip.skipped:
         names = ", ".join(p.name for p in clip.skipped[:5]) + (", ..." if len(clip.skipped) > 5 else "")
