@@ -98,7 +98,7 @@ class MotionFilter:
         if not 0.0 <= s <= 1.0:
             raise InputError(f"smoothing must be in [0, 1], got {strength}")
         self.strength = s
-        self.alphas = (1.0 - 0.8 * s, 0.003 ** s, 0.003 ** s)  # centre, scale, angle; 1 = no smoothing
+        self.alphas = (1.0 - 0.8 * s, 0.01 ** s, 0.01 ** s)  # centre, scale, angle; 1 = no smoothing
         self.level: np.ndarray | None = None
         self.trend: np.ndarray | None = None
 
