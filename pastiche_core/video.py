@@ -154,9 +154,9 @@ def prepare_out_dir(out: str | os.PathLike, source: str | os.PathLike) -> Path:
         raise InputError(f"output '{d}' is a file; with --video, --out is a folder for the output frames")
     if d.suffix.lower() in FRAME_EXTENSIONS and not d.exists():
         raise InputError(f"output '{d}' looks like an image file; with --video, --out is a folder for the output frames")
-    src = Path(source)
-    src_dir = src if src.is_dir() else src.parent
-    if d.exists() and src_dir.exists() and os.path.samefile(d, src_dir) or os.path.abspath(d) == os.path.abspath(src_dir):
+    src_dir = Path(source)
+    # a video file's frames are named <video stem>_000001...: only a frames folder can be overwritten
+    if src_dir.is_dir() and (d.exists() and os.path.samefile(d, src_dir) or os.path.abspath(d) == os.path.abspath(src_dir)):
         raise InputError(f"output folder '{d}' is the frames folder: the output frames would replace the input "
                          "frames; choose another --out")
     if not d.exists():
