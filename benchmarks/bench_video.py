@@ -70,7 +70,7 @@ def bench_size(photo: np.ndarray, size: int, n: int, smoothing: float, detect_ev
             for i, f in enumerate(frames[:stylize_frames]):
                 Image.fromarray(f).save(clip / f"frame{i + 1:04d}.png")
             t = time.perf_counter()
-            with contextlib.redirect_stderr(io.StringIO()):  # the demo-weights warning
+            with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
                 code = main(["stylize", str(clip), "--video", "--out", str(Path(tmp) / "out"), "--checkpoints",
                              str(Path(tmp) / "none"), "--batch", "8", "--quiet", "--smoothing", str(smoothing),
                              "--detect-every", str(detect_every)])
