@@ -311,8 +311,6 @@ def run_stylize_video(args) -> int:
     if args.exemplar and Path(args.exemplar).resolve().parent == Path(args.photo).resolve():
         print(f"note: the exemplar '{args.exemplar}' is inside the frames folder and is stylised as a frame too",
               file=sys.stderr)
-    out_dir = prepare_out_dir(args.out, args.photo)
-    _note_skipped(clip)
     device, dtype = torch_device_dtype(args)
     pipe = StylePipeline.from_folder(args.checkpoints, args.style, device=device, dtype=dtype,
                                      low_memory=args.low_memory)
@@ -323,6 +321,9 @@ def run_stylize_video(args) -> int:
         style_name = Path(args.exemplar).name
     else:
         ex_latent, style_name = pipe.style_code(args.style_id)
+    # the folder is made once the options and the style are known good, so a refused run leaves nothing
+    out_dir = prepare_out_dir(args.out, args.photo)
+    _note_skipped(clip)
     space = "w+" if args.wplus else "z+"
     meta = {"pastiche:style": str(style_name),
             "pastiche:settings": json.dumps({"weights": layer_w, "truncation": args.truncation, "seed": args.seed,
