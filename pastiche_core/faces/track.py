@@ -85,7 +85,8 @@ class MotionFilter:
     ``GATES``, in face sizes for the centre, log units and radians for the others) raises the
     gain towards 1, as a One-Euro filter does with speed, so the square never trails a real
     change. Measured on a pan over a real photo (benchmarks/bench_video.py): the crop-to-crop
-    change drops to about half, the square stays within a pixel of the true motion.
+    change drops to about half, and the square follows the face to within 0.5 % of its size
+    (under a pixel in 256 px frames), about as closely as frame-by-frame alignment does.
 
     ``strength`` in [0, 1]: 0 passes the squares through unchanged, 1 is the strongest.
     """
