@@ -43,6 +43,14 @@ class AlignFace(io.ComfyNode):
                                      "crops are pooled to 256 anyway."),
                 io.Boolean.Input("skip_missing", default=False,
                                  tooltip="Skip photos where no face is found instead of stopping with an error."),
+                io.Boolean.Input("clip", default=False,
+                                 tooltip="Treat the batch as the frames of a clip, in order: faces are tracked "
+                                         "across frames (the chosen face stays the same person) and their alignment "
+                                         "is smoothed over time, so pasted faces do not shake. Paste Face Back then "
+                                         "uses the smoothed transforms."),
+                io.Float.Input("smoothing", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="With clip on: how much the alignment is smoothed over time (0 = off, "
+                                       "1 = strongest); a moving face is still followed."),
             ],
             outputs=[
                 io.Image.Output(display_name="faces", tooltip="Aligned face crops [N, size, size, 3]."),
@@ -54,7 +62,7 @@ class AlignFace(io.ComfyNode):
     @classmethod
     @node_errors("Align Face (FFHQ)")
     def execute(cls, image, detector: str = "dlib", face: str = "largest", index: int = 0, size: int = 256,
-                skip_missing: bool = False) -> io.NodeOutput:
+                skip_missing: bool = False, clip: bool = False, smoothing: float = 0.5) -> io.NodeOutput:
         from pastiche_core.errors import PasticheError
         from pastiche_core.faces.align import align_faces
         from pastiche_core.faces.detect import NoFaceError
@@ -62,6 +70,8 @@ class AlignFace(io.ComfyNode):
         image = check_image(image, "image")
         photos = image_to_uint8(image)
         choice = int(index) if face == "index" else face
+        if clip:
+            return cls._execute_clip(photos, detector, choice, int(size), bool(skip_missing), float(smoothing))
         progress = Progress(len(photos))
         crops, faces, skipped = [], [], []
         for b, rgb in enumerate(photos):
@@ -87,6 +97,40 @@ class AlignFace(io.ComfyNode):
         info = FaceInfo(image_sizes=[p.shape[:2] for p in photos], faces=faces, crop_size=int(size))
         return io.NodeOutput(uint8_to_image(crops), info)
 
+    @classmethod
+    def _execute_clip(cls, photos, detector: str, choice, size: int, skip_missing: bool,
+                      smoothing: float) -> io.NodeOutput:
+        """The batch as a clip: tracked faces (crops per frame in track-id order), smoothed transforms."""
+        from pastiche_core.errors import PasticheError
+        from pastiche_core.faces.track import FaceTracker
+
+        if len({p.shape for p in photos}) > 1:
+            raise PasticheNodeError("clip mode needs frames of one size; the batch mixes "
+                                    f"{sorted({p.shape[1::-1] for p in photos})}")
+        try:
+            tracker = FaceTracker(detector, face=choice, smoothing=smoothing)
+        except PasticheError as exc:
+            raise PasticheNodeError(f"Align Face: {exc}") from None
+        progress = Progress(len(photos))
+        crops, faces = [], []
+        for b, rgb in enumerate(photos):
+            try:
+                aligned = tracker.align(rgb, size=size)
+            except PasticheError as exc:
+                raise PasticheNodeError(f"Align Face, frame {b + 1}: {exc}") from None
+            if not aligned and not skip_missing:
+                h, w = rgb.shape[:2]
+                raise PasticheNodeError(f"No face found in frame {b + 1} of the clip ({w}x{h}, detector {detector}); "
+                                        "turn on skip_missing to leave such frames unchanged.")
+            for af in aligned:
+                crops.append(af.image)
+                faces.append((b, af))
+            progress.step()
+        if not crops:
+            raise PasticheNodeError(f"No face found in any of the {len(photos)} frames (detector {detector}).")
+        info = FaceInfo(image_sizes=[p.shape[:2] for p in photos], faces=faces, crop_size=size)
+        return io.NodeOutput(uint8_to_image(crops), info)
+
 
 class PasteFaceBack(io.ComfyNode):
     @classmethod
@@ -95,7 +139,8 @@ class PasteFaceBack(io.ComfyNode):
             node_id="PastichePasteFaceBack", display_name="Paste Face Back", category=f"{CATEGORY}/faces",
             description=("Puts stylised face crops back into the original photos: each crop is warped with the "
                          "inverse of its alignment and blended through a feathered face-shaped mask; pixels outside "
-                         "the masks are unchanged."),
+                         "the masks are unchanged. With Align Face in clip mode the smoothed (tracked) alignment is "
+                         "used, so the faces do not shake from frame to frame."),
             inputs=[
                 io.Image.Input("image", tooltip="The original photos (the batch that went into Align Face)."),
                 io.Image.Input("faces", tooltip="The stylised crops, one per aligned face, in Align Face's order "

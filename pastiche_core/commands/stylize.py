@@ -44,12 +44,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="draw the noise maps as the official script after torch.manual_seed(N) (default: fixed stored noise)")
     parser.add_argument("--low-memory", action="store_true", help="keep only one model in memory at a time")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    parser.add_argument("--out", required=True, metavar="OUT.png", help="output image (.png, .jpg, .webp)")
+    parser.add_argument("--out", required=True, metavar="OUT.png", help="output image (.png, .jpg, .webp); with --video a folder")
+    from ..video import add_video_arguments
+
+    add_video_arguments(parser, stylize=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..pipeline import stylize
 
+    if args.video:  # a clip: every frame aligned (tracked, smoothed), stylised and pasted back
+        from ..video import run_stylize_video
+
+        return run_stylize_video(args)
     out = check_output(args.out, [args.photo, args.exemplar])
     device, dtype = torch_device_dtype(args)
     result = stylize(args.photo, checkpoints=args.checkpoints, style=args.style, style_id=args.style_id,

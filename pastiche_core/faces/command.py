@@ -69,6 +69,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"face detector backend: {', '.join(names)} (default dlib: needs "
         "'pip install dlib-bin face-recognition-models'; facexlib reads its weights from $PASTICHE_FACEXLIB_DIR)",
     )
+    from ..video import add_video_arguments  # noqa: PLC0415 - light module
+
+    add_video_arguments(p)
     p.set_defaults(func=run_align)
 
 
@@ -115,6 +118,10 @@ def run_align(args: argparse.Namespace) -> int:
 
     from ..atomic import check_output  # noqa: PLC0415
 
+    if getattr(args, "video", False):  # a clip: tracked, smoothed alignment into a folder
+        from ..video import run_align_video  # noqa: PLC0415
+
+        return run_align_video(args)
     out = Path(args.out)
     if out.suffix.lower() not in _SAVE_FORMATS:
         raise PasticheError(f"output '{out}': unknown image extension '{out.suffix}' (use .png, .jpg or .webp)")
