@@ -1,6 +1,6 @@
 """Starting a real ComfyUI (COMFYUI_DIR) for the opt-in tiers that need more than the stub:
 tests/test_comfy_frontend.py (the real frontend in Chromium), tests/test_comfy_memory.py (the
-real ModelPatcher and launch flags). test_comfy_real.py keeps its own fixture.
+real ModelPatcher and launch flags) and tests/test_comfy_real.py (workflows and training through the API).
 
 Every server gets its own --base-directory with this pack linked into custom_nodes/, the bundled
 workflow inputs in input/ and a models/dualstylegan/ folder: the one PASTICHE_TEST_MODELS names

@@ -17,13 +17,8 @@ every stage's files; a sampler run is stopped with /interrupt and resumed.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -32,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
+import real_comfy
+
 ROOT = Path(__file__).resolve().parents[1]
-STUB = Path(__file__).resolve().parent / "comfy_stub"
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI source tree to run")
 PACK_NODES = {"PasticheLoadDualStyleGAN", "PasticheAlignFace", "PasticheEncodeExemplarStyle",
@@ -42,71 +38,17 @@ PACK_NODES = {"PasticheLoadDualStyleGAN", "PasticheAlignFace", "PasticheEncodeEx
               "PasticheStyleWeightGrid", "PasticheImageGrid", "PasticheStylePreviewGrid"}
 
 
-def _helper(name):
-    spec = importlib.util.spec_from_file_location(f"pastiche_{name}", STUB / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _http(url, data=None, timeout=30):
-    req = urllib.request.Request(url, data=None if data is None else json.dumps(data).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
+_helper = real_comfy.helper
+_http = real_comfy.http
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_real")
-    for d in ("custom_nodes", "input", "output", "temp", "user", "models", "frontend"):
-        (base / d).mkdir()
-    (base / "frontend" / "index.html").write_text("<!doctype html><title>headless</title>")
-    os.symlink(ROOT, base / "custom_nodes" / "comfyui-pastiche")
-    for f in (ROOT / "workflows" / "inputs").glob("*.jpg"):
-        shutil.copy(f, base / "input")
-    models = os.environ.get("PASTICHE_TEST_MODELS")
-    folder = base / "models" / "dualstylegan"
-    maker = _helper("make_model_folder")
-    if models:
-        folder.mkdir()
-        for entry in Path(models).resolve().iterdir():
-            os.symlink(entry, folder / entry.name)
-        if not all((folder / name).is_file() for name in maker.TRAINING_FILES):
-            maker.write_training_files(folder)
-    else:
-        maker.write_folder(folder, "cartoon", training=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    py = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    log = open(base / "server.log", "w")
-    proc = subprocess.Popen([py, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                             "--base-directory", str(base), "--front-end-root", str(base / "frontend"),
-                             "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
-                             "--disable-api-nodes", "--log-stdout"],
-                            cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1"))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                pytest.fail("ComfyUI exited during startup:\n" + (base / "server.log").read_text()[-3000:])
-            try:
-                _http(url + "/system_stats", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("ComfyUI did not start in 300 s")
-        yield {"url": url, "base": base, "log": base / "server.log", "object_info": _http(url + "/object_info", timeout=60)}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    """One CPU ComfyUI for the module: the demo-weight model folder with the training inputs."""
+    base = real_comfy.make_base(tmp_path_factory.mktemp("comfy_real"), training=True)
+    with real_comfy.server(base, COMFYUI_DIR, extra_args=("--cpu",), fail=pytest.fail) as url:
+        yield {"url": url, "base": base, "log": base / "server.log",
+               "object_info": _http(url + "/object_info", timeout=60)}
 
 
 def test_object_info_lists_every_node(server):
