@@ -20,7 +20,8 @@ Backends
     ``detect_max_side=None`` always runs on the whole photo.
 ``facexlib``
     RetinaFace (ResNet-50 or MobileNet-0.25) from ``facexlib``; 5 points. Only used when its
-    weight file is already on disk in ``model_dir`` (or ``$PASTICHE_FACEXLIB_DIR``); it never
+    weight file is already on disk: ComfyUI's ``models/facedetection``, facexlib's own
+    ``weights`` folder, ``$PASTICHE_FACEXLIB_DIR`` (see :func:`facexlib_model_dirs`); it never
     downloads. Needs ``facexlib`` and a torchvision that loads beside your torch.
 
 Heavy imports (dlib, facexlib) happen inside the backends, on first use.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -42,6 +44,7 @@ __all__ = [
     "FaceDetector",
     "DlibDetector",
     "FacexlibDetector",
+    "facexlib_model_dirs",
     "NoFaceError",
     "DetectorUnavailableError",
     "register_detector",
@@ -397,13 +400,47 @@ class DlibDetector(FaceDetector):
 # facexlib (RetinaFace)
 # --------------------------------------------------------------------------------------
 
+def facexlib_model_dirs() -> list[Path]:
+    """Folders searched for facexlib's weight files, in order: ComfyUI's ``facedetection``
+    folders (``models/facedetection``, when running inside ComfyUI), facexlib's own
+    ``facexlib/weights`` package folder (where facexlib itself saves them), then
+    ``$PASTICHE_FACEXLIB_DIR`` and ``~/.cache/pastiche/facexlib``.
+
+    ComfyUI users usually already have ``detection_Resnet50_Final.pth`` from face-restore
+    packs in one of the first two; nothing here imports ComfyUI or facexlib (facexlib imports
+    torchvision at once, which may not load beside this torch)."""
+    dirs: list[Path] = []
+    fp = sys.modules.get("folder_paths")  # only set inside ComfyUI (or its test stand-in)
+    if fp is not None:
+        try:
+            dirs += [Path(d) for d in fp.get_folder_paths("facedetection")]
+        except Exception:  # not registered by ComfyUI itself: its default place
+            if getattr(fp, "models_dir", None):
+                dirs.append(Path(fp.models_dir) / "facedetection")
+    try:
+        spec = importlib.util.find_spec("facexlib")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        dirs += [Path(loc) / "weights" for loc in spec.submodule_search_locations]
+    env = os.environ.get("PASTICHE_FACEXLIB_DIR")
+    if env:
+        dirs.append(Path(env))
+    dirs.append(Path.home() / ".cache" / "pastiche" / "facexlib")
+    out: list[Path] = []
+    for d in dirs:
+        if d not in out:
+            out.append(d)
+    return out
+
+
 class FacexlibDetector(FaceDetector):
     """RetinaFace via facexlib, from weight files already on disk (never downloads).
 
-    ``model_dir``: folder with the weights; default ``$PASTICHE_FACEXLIB_DIR``, else
-    ``~/.cache/pastiche/facexlib``. ``model``: ``retinaface_resnet50`` (file
-    ``detection_Resnet50_Final.pth``) or ``retinaface_mobile0.25``
-    (``detection_mobilenet0.25_Final.pth``).
+    ``model_dir``: folder with the weights; default: the first of :func:`facexlib_model_dirs`
+    that holds the file (looked up on every use, so a file added later is found).
+    ``model``: ``retinaface_resnet50`` (file ``detection_Resnet50_Final.pth``) or
+    ``retinaface_mobile0.25`` (``detection_mobilenet0.25_Final.pth``).
     """
 
     name = "facexlib"
@@ -423,13 +460,20 @@ class FacexlibDetector(FaceDetector):
     ) -> None:
         if model not in self.WEIGHTS:
             raise InputError(f"facexlib model '{model}' is unknown (choose from {', '.join(self.WEIGHTS)})")
-        if model_dir is None:
-            model_dir = os.environ.get("PASTICHE_FACEXLIB_DIR") or (Path.home() / ".cache" / "pastiche" / "facexlib")
-        self.model_dir = Path(model_dir)
+        self._model_dir = Path(model_dir) if model_dir is not None else None
         self.model = model
         self.conf_threshold = float(conf_threshold)
         self.device = device
         self._net = None
+
+    def search_dirs(self) -> list[Path]:
+        return [self._model_dir] if self._model_dir is not None else facexlib_model_dirs()
+
+    @property
+    def model_dir(self) -> Path:
+        """The folder that holds the weights, else the first place searched."""
+        dirs = self.search_dirs()
+        return next((d for d in dirs if (d / self.WEIGHTS[self.model]).is_file()), dirs[0])
 
     @property
     def weight_path(self) -> Path:
@@ -437,13 +481,15 @@ class FacexlibDetector(FaceDetector):
 
     def check_files(self) -> Path:
         """Raise :class:`DetectorUnavailableError` unless the weight file is on disk."""
-        if not self.weight_path.is_file():
+        path = self.weight_path
+        if not path.is_file():
+            where = ", ".join(f"'{d}'" for d in self.search_dirs())
             raise DetectorUnavailableError(
-                f"face detector 'facexlib' needs {self.WEIGHTS[self.model]} in '{self.model_dir}' "
-                "(set PASTICHE_FACEXLIB_DIR to the folder that holds it; nothing is downloaded), "
-                "or use detector 'dlib'"
+                f"face detector 'facexlib' needs {self.WEIGHTS[self.model]}; looked in {where} "
+                "(put it in ComfyUI's models/facedetection or set PASTICHE_FACEXLIB_DIR to the folder that holds "
+                "it; nothing is downloaded), or use detector 'dlib'"
             )
-        return self.weight_path
+        return path
 
     def describe(self) -> str:
         return f"facexlib ({self.model})"
