@@ -6,7 +6,18 @@ from comfy_api.latest import io
 from .common import CATEGORY, PasticheNodeError, Progress, check_image, image_to_uint8, uint8_to_image
 from .types import FaceInfo, PasticheFaces
 
-FACE_MODES = ["largest", "index", "all"]
+# stored workflows hold these values: new modes are only ever appended
+FACE_MODES = ["largest", "index", "all", "list"]
+FACE_ORDERS = ["largest-first", "left-to-right"]
+
+
+def _check_face_list(text: str) -> list[int]:
+    parts = [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise PasticheNodeError(f"face_list '{text}' is not a list of face numbers such as 0,2")
+    if len(set(parts)) != len(parts):
+        raise PasticheNodeError(f"face_list '{text}' names a face twice")
+    return [int(p) for p in parts]
 
 
 def _detector_options() -> list[str]:
@@ -33,40 +44,68 @@ class AlignFace(io.ComfyNode):
                                        "dlib-bin and face-recognition-models packages). facexlib: RetinaFace, needs its "
                                        "weights file (see the Pastiche README)."),
                 io.Combo.Input("face", options=FACE_MODES, default="largest",
-                               tooltip="Which faces per photo: the largest, the one at 'index' (0 = largest), or all "
-                                       "(largest first)."),
+                               tooltip="Which faces per photo: the largest, the one at 'index', all, or the ones "
+                                       "in 'face_list' (numbered by 'order': 0 = largest, or leftmost)."),
                 io.Int.Input("index", default=0, min=0, max=63,
-                             tooltip="With face = index: which face, by size (0 = largest)."),
+                             tooltip="With face = index: which face, by 'order' (0 = largest, or leftmost)."),
                 io.Int.Input("size", default=256, min=64, max=1024, step=8,
                              tooltip="Crop size in pixels. 256 is what the encoder reads; the official 1024 "
                                      "crops are pooled to 256 anyway."),
                 io.Boolean.Input("skip_missing", default=False,
                                  tooltip="Skip photos where no face is found instead of stopping with an error."),
+                io.Combo.Input("order", options=FACE_ORDERS, default="largest-first",
+                               tooltip="How the faces of a photo are numbered (for index, list and the order of "
+                                       "all): largest first, or from the left of the photo."),
+                io.String.Input("face_list", default="0",
+                                tooltip="With face = list: the face numbers to take, e.g. 0,2 (numbered by order); "
+                                        "the crops come in this order."),
             ],
             outputs=[
                 io.Image.Output(display_name="faces", tooltip="Aligned face crops [N, size, size, 3]."),
                 PasticheFaces.Output(display_name="face_info",
                                      tooltip="Where each crop came from (for Paste Face Back)."),
+                io.Mask.Output(display_name="face_mask",
+                               tooltip="Each face's region in its photo's frame [N, H, W], soft: Paste Face Back's "
+                                       "default blend mask (ellipse, feather 0.03). For detailer and inpaint nodes."),
+                io.Mask.Output(display_name="face_mask_hard",
+                               tooltip="The same regions as 0/1 masks [N, H, W], without the feather."),
             ],
         )
 
     @classmethod
+    def validate_inputs(cls, face_list: str | None = None) -> bool | str:
+        # only the typed list is named: the other inputs keep ComfyUI's own option checks
+        if face_list is None or not str(face_list).strip():
+            return True
+        try:
+            _check_face_list(face_list)
+        except PasticheNodeError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
     def execute(cls, image, detector: str = "dlib", face: str = "largest", index: int = 0, size: int = 256,
-                skip_missing: bool = False) -> io.NodeOutput:
+                skip_missing: bool = False, order: str = "largest-first", face_list: str = "0") -> io.NodeOutput:
         from pastiche_core.errors import PasticheError
         from pastiche_core.faces.align import align_faces
         from pastiche_core.faces.detect import NoFaceError
+        from pastiche_core.faces.paste import face_masks
 
         image = check_image(image, "image")
         photos = image_to_uint8(image)
-        choice = int(index) if face == "index" else face
+        if face == "index":
+            choice = int(index)
+        elif face == "list":
+            choice = _check_face_list(face_list)
+        else:
+            choice = face
         progress = Progress(len(photos))
         crops, faces, skipped = [], [], []
         for b, rgb in enumerate(photos):
             h, w = rgb.shape[:2]
             what = f"image {b + 1} of the batch" if len(photos) > 1 else "the image"
             try:
-                aligned = align_faces(rgb, detector=detector, size=int(size), face=choice, what=what)
+                aligned = align_faces(rgb, detector=detector, size=int(size), face=choice, order=order, what=what)
             except NoFaceError as exc:
                 if skip_missing:
                     skipped.append(b)
@@ -83,7 +122,10 @@ class AlignFace(io.ComfyNode):
         if not crops:
             raise PasticheNodeError(f"No face found in any of the {len(photos)} images (detector {detector}).")
         info = FaceInfo(image_sizes=[p.shape[:2] for p in photos], faces=faces, crop_size=int(size))
-        return io.NodeOutput(uint8_to_image(crops), info)
+        soft, hard = face_masks(photos[0].shape[:2], [af for _b, af in faces])
+        import torch
+
+        return io.NodeOutput(uint8_to_image(crops), info, torch.from_numpy(soft), torch.from_numpy(hard))
 
 
 class PasteFaceBack(io.ComfyNode):
@@ -97,7 +139,8 @@ class PasteFaceBack(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="The original photos (the batch that went into Align Face)."),
                 io.Image.Input("faces", tooltip="The stylised crops, one per aligned face, in Align Face's order "
-                                                "(any square size)."),
+                                                "(any square size); or several renders of a single aligned face, "
+                                                "giving one photo per render."),
                 PasticheFaces.Input("face_info", tooltip="Face info from the same Align Face node."),
                 io.Float.Input("feather", default=0.03, min=0.0, max=0.2, step=0.005,
                                tooltip="Softness of the mask edge, as a fraction of the crop size."),
@@ -122,12 +165,27 @@ class PasteFaceBack(io.ComfyNode):
                                     f"{[p.shape[1::-1] for p in photos]}, the faces were aligned in "
                                     f"{len(face_info.image_sizes)} photos of sizes "
                                     f"{[tuple(s)[::-1] for s in face_info.image_sizes]}; connect the photos that went into Align Face")
-        if faces.shape[0] != len(face_info.faces):
+        # several renders of a single face (a style grid, say): one photo per render
+        renders_of_one = len(face_info.faces) == 1 and faces.shape[0] > 1
+        if faces.shape[0] != len(face_info.faces) and not renders_of_one:
             raise PasticheNodeError(f"got {faces.shape[0]} face crops for {len(face_info.faces)} aligned faces; "
-                                    "stylise each aligned face once (one style per face) before pasting back")
+                                    "stylise each aligned face once (one style per face) before pasting back, or "
+                                    "align a single face to paste several renders of it")
         if faces.shape[1] != faces.shape[2]:
             raise PasticheNodeError(f"face crops must be square, got {faces.shape[2]}x{faces.shape[1]}")
         crops = faces.numpy()
+        if renders_of_one:
+            b, af = face_info.faces[0]
+            progress = Progress(len(crops))
+            out = []
+            for i, crop in enumerate(crops):
+                try:
+                    out.append(paste_faces(photos[b], [crop], [af], mask=mask, feather=float(feather),
+                                           value_range=(0.0, 1.0)))
+                except PasticheError as exc:
+                    raise PasticheNodeError(f"Paste Face Back, render {i + 1}: {exc}") from None
+                progress.step()
+            return io.NodeOutput(uint8_to_image(out))
         progress = Progress(len(photos))
         out = []
         for b, rgb in enumerate(photos):

@@ -127,7 +127,7 @@ def test_schemas(nodes):
                     assert spec[1]["min"] <= spec[1]["default"] <= spec[1]["max"], f"{node_id}.{name}"
                 custom |= {spec[0]} - {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "IMAGE"}
         assert all(t for t in info["output_tooltips"]), node_id
-        custom |= set(info["output"]) - {"IMAGE", "STRING"}
+        custom |= set(info["output"]) - {"IMAGE", "STRING", "MASK"}
     assert custom == {"DUALSTYLEGAN_MODEL", "DUALSTYLEGAN_STYLE", "DUALSTYLEGAN_WEIGHTS", "PASTICHE_FACES"}
 
 
@@ -779,7 +779,7 @@ def dlib_ok():
 def test_align_generate_paste(nodes, demo, host, dlib_ok):
     photo = face_image("pastiche_photo.jpg")
     photos = torch.cat([photo, photo.flip(2)])
-    crops, info = nodes["PasticheAlignFace"].execute(image=photos, detector="dlib", face="largest", size=256)
+    crops, info, *_masks = nodes["PasticheAlignFace"].execute(image=photos, detector="dlib", face="largest", size=256)
     assert crops.shape == (2, 256, 256, 3) and [b for b, _ in info.faces] == [0, 1]
     style = nodes["PasticheEncodeExemplarStyle"].execute(model=demo, index=0)[0]
     out = nodes["PasticheDualStyleGANGenerate"].execute(model=demo, faces=crops, style=style)[0]
@@ -796,7 +796,7 @@ def test_align_no_face_is_a_clear_error(nodes, host, dlib_ok):
     with pytest.raises(err(host), match=r"No face found in image 1 of the batch \(300x200\)"):
         nodes["PasticheAlignFace"].execute(image=blank, detector="dlib", face="largest")
     photo = face_image("pastiche_photo.jpg")
-    crops, info = nodes["PasticheAlignFace"].execute(image=torch.cat([torch.full_like(photo, 0.5), photo]),
+    crops, info, *_masks = nodes["PasticheAlignFace"].execute(image=torch.cat([torch.full_like(photo, 0.5), photo]),
                                                      detector="dlib", face="all", skip_missing=True)
     assert [b for b, _ in info.faces] == [1] * len(info)
 
