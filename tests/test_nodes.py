@@ -801,6 +801,57 @@ def test_align_no_face_is_a_clear_error(nodes, host, dlib_ok):
     assert [b for b, _ in info.faces] == [1] * len(info)
 
 
+def _two_faces():
+    from PIL import Image
+
+    path = Path(__file__).parent / "fixtures" / "edge" / "two_faces.jpg"  # 1024x512: 006750 left, 081680 right
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def test_align_face_selection_and_masks(nodes, host, dlib_ok):
+    photo = _two_faces()
+    align = nodes["PasticheAlignFace"]
+    crops, info, soft, hard = align.execute(image=photo, detector="dlib", face="all", order="left-to-right")
+    xs = [af.anchors[:, 0].mean() for _, af in info.faces]
+    assert crops.shape == (2, 256, 256, 3) and xs[0] < 512 < xs[1]  # numbered from the left
+    assert soft.shape == hard.shape == (2, 512, 1024) and soft.dtype == torch.float32
+    assert set(hard.unique().tolist()) == {0.0, 1.0} and bool(((soft > 0) <= (hard > 0)).all())
+    assert 0.0 <= float(soft.min()) and float(soft.max()) <= 1.0 and bool(((soft > 0) & (soft < 1)).any())
+    # each mask sits on its own face, in the photo's frame
+    assert hard[0, :, :512].sum() > 0 and hard[0, :, 512:].sum() == 0
+    assert hard[1, :, 512:].sum() > 0 and hard[1, :, :512].sum() == 0
+    crops2, info2, soft2, _ = align.execute(image=photo, detector="dlib", face="list", face_list="1,0",
+                                            order="left-to-right")
+    assert torch.equal(crops2, crops.flip(0)) and torch.equal(soft2, soft.flip(0))
+    crops3, *_ = align.execute(image=photo, detector="dlib", face="index", index=1, order="left-to-right")
+    assert torch.equal(crops3[0], crops[1])
+    # stored workflows' values (no order/face_list) still mean what they meant: largest first
+    big, *_ = align.execute(image=photo, detector="dlib", face="largest", index=0, size=256, skip_missing=False)
+    by_size, *_ = align.execute(image=photo, detector="dlib", face="index", index=0)
+    assert torch.equal(big, by_size)
+    assert align.validate_inputs(face_list="0, 2") is True and align.validate_inputs(face_list=None) is True
+    assert "not a list" in align.validate_inputs(face_list="0,x")
+    with pytest.raises(err(host), match="out of range"):
+        align.execute(image=photo, detector="dlib", face="list", face_list="0,5")
+
+
+def test_paste_several_renders_of_one_face(nodes, host, dlib_ok):
+    photo = face_image("pastiche_photo.jpg")
+    crops, info, soft, _hard = nodes["PasticheAlignFace"].execute(image=photo, detector="dlib", face="largest")
+    renders = torch.stack([torch.full((256, 256, 3), v) for v in (0.0, 0.5, 1.0)])  # a 3-style "grid"
+    out = nodes["PastichePasteFaceBack"].execute(image=photo, faces=renders, face_info=info)[0]
+    assert out.shape == (3,) + tuple(photo.shape[1:])
+    outside = soft[0] == 0
+    for i in range(3):
+        assert torch.equal(out[i][outside], photo[0][outside])  # untouched outside the face mask
+    centre = soft[0] > 0.99
+    assert [round(float(out[i][centre].mean()), 2) for i in range(3)] == [0.0, 0.5, 1.0]
+    two = torch.cat([photo, photo])
+    _c, info2, *_ = nodes["PasticheAlignFace"].execute(image=two, detector="dlib", face="largest")
+    with pytest.raises(err(host), match="3 face crops for 2 aligned faces"):
+        nodes["PastichePasteFaceBack"].execute(image=two, faces=renders, face_info=info2)
+
+
 # ------------------------------------------------------------------------------------------
 # packaging for the Comfy Registry and ComfyUI-Manager
 # ------------------------------------------------------------------------------------------
