@@ -161,7 +161,7 @@ def test_workflow_type_checks(path, nodes, checker):
 
 
 def test_workflows_cover_the_issue():
-    assert len(WORKFLOWS) == 5
+    assert len(WORKFLOWS) == 6
     used = {n["type"] for p in WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
     assert {"PasticheAlignFace", "PastichePasteFaceBack", "PasticheSampleRandomStyle", "PasticheInterpolateStyles",
             "PasticheStyleWeightGrid", "PasticheFineTuneStage", "PasticheMixStyleLayers", "PasticheEncodeExemplarStyle"} <= used
