@@ -4,6 +4,7 @@
     python benchmarks/bench_faces.py a.jpg b.png     # your photos
     python benchmarks/bench_faces.py --huge          # also a generated 6000x4000 photo
     python benchmarks/bench_faces.py --repeat 3 --size 1024
+    python benchmarks/bench_faces.py --large         # dlib on phone-size photos: whole photo vs region search
 
 Times are wall-clock seconds, best of --repeat, on a warm detector (model loading is shown
 once per backend). Detection uses our decoding (``detect`` on the loaded array); "align" is
@@ -55,7 +56,13 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--huge", action="store_true", help="add a generated 6000x4000 photo")
     ap.add_argument("--exact", action="store_true", help="dlib: detect at full size (detect_max_side=None)")
+    ap.add_argument("--large", action="store_true",
+                    help="only dlib on generated large photos: the official whole-photo detection against the "
+                         "default search (a small copy, then the full-resolution detector on a region); checks "
+                         "that boxes and landmarks are identical")
     args = ap.parse_args(argv)
+    if args.large:
+        return bench_large(args.repeat)
 
     photos = list(args.photos) or [p for p in DEFAULT_PHOTOS if p.exists()]
     tmp = None
@@ -104,6 +111,44 @@ def main(argv=None) -> int:
     if tmp is not None:
         tmp.cleanup()
     return 0
+
+
+def large_photos() -> list[tuple[str, np.ndarray]]:
+    """Phone-size test photos made from the fixture portrait (as tests/test_faces_large.py)."""
+    src = FIX / "align" / "dsg_unsplash-rDEOVtE7vOs" / "input.jpg"
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        portrait = im.crop((430, 0, 1113, 1024))
+        face = im.crop((300, 0, 1324, 1024))
+    out = []
+    for size in [(1920, 2880), (4000, 6000)]:
+        out.append((f"portrait {size[0]}x{size[1]}", np.asarray(portrait.resize(size, Image.Resampling.BICUBIC))))
+    out.append(("landscape 2880x1920", np.asarray(im.resize((2880, 1920), Image.Resampling.BICUBIC))))
+    for canvas, at, label in [((4000, 3000), (200, 150), "face top-left"), ((3000, 2200), (2080, 1280), "face bottom-right")]:
+        photo = Image.new("RGB", canvas, (96, 120, 88))
+        photo.paste(face.resize((900, 900), Image.Resampling.BICUBIC), at)
+        out.append((f"{canvas[0]}x{canvas[1]} {label}", np.asarray(photo)))
+    return out
+
+
+def bench_large(repeat: int) -> int:
+    from pastiche_core.faces.detect import DlibDetector
+
+    fast, official = DlibDetector(), DlibDetector(detect_max_side=None)
+    official.detect(np.zeros((64, 64, 3), np.uint8))  # load the models once
+    print(f"dlib HOG upsample 1 + 68 landmarks; best of {repeat}; 'region' = default search "
+          f"(photos over {fast.detect_max_side} px: a {fast.search_side} px copy, then full resolution on the region)")
+    print(f"{'photo':30s} {'official':>8s} {'default':>8s} {'speed-up':>8s}  same box+landmarks  search")
+    all_same = True
+    for label, rgb in large_photos():
+        t_off, ref = best_of(lambda: official.detect(rgb), repeat)
+        t_fast, got = best_of(lambda: fast.detect(rgb), repeat)
+        same = len(got) == len(ref) and all(
+            g.box == r.box and np.array_equal(g.landmarks, r.landmarks) for g, r in zip(got, ref)
+        )
+        all_same &= same
+        print(f"{label:30s} {t_off:7.2f}s {t_fast:7.2f}s {t_off / t_fast:7.2f}x  {str(same):18s}  {fast.last_search}")
+    return 0 if all_same else 1
 
 
 if __name__ == "__main__":
