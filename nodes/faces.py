@@ -90,6 +90,7 @@ class AlignFace(io.ComfyNode):
         from pastiche_core.faces.align import align_faces
         from pastiche_core.faces.detect import NoFaceError
         from pastiche_core.faces.paste import face_masks
+        import torch
 
         image = check_image(image, "image")
         photos = image_to_uint8(image)
@@ -122,9 +123,8 @@ class AlignFace(io.ComfyNode):
         if not crops:
             raise PasticheNodeError(f"No face found in any of the {len(photos)} images (detector {detector}).")
         info = FaceInfo(image_sizes=[p.shape[:2] for p in photos], faces=faces, crop_size=int(size))
+        # a batch shares one frame; the masks follow the crops, one per face
         soft, hard = face_masks(photos[0].shape[:2], [af for _b, af in faces])
-        import torch
-
         return io.NodeOutput(uint8_to_image(crops), info, torch.from_numpy(soft), torch.from_numpy(hard))
 
 
