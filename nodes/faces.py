@@ -35,8 +35,9 @@ class AlignFace(io.ComfyNode):
         return io.Schema(
             node_id="PasticheAlignFace", display_name="Align Face", category=f"{CATEGORY}/faces",
             description=("Finds faces in every photo of the batch and crops each one the way DualStyleGAN expects "
-                         "(the official FFHQ alignment). Outputs the crops as an IMAGE batch and the face info that "
-                         "Paste Face Back needs to put stylised crops back into the photos."),
+                         "(the official FFHQ alignment). Outputs the crops as an IMAGE batch, the face info that "
+                         "Paste Face Back needs to put stylised crops back into the photos, and each face's mask in "
+                         "its photo's frame (soft and hard) for detailer and inpainting graphs."),
             inputs=[
                 io.Image.Input("image", tooltip="Photos (any size); every image of the batch is searched."),
                 io.Combo.Input("detector", options=_detector_options(), default="dlib",
