@@ -431,7 +431,7 @@ def parse_face_spec(face: str | int | Sequence[int], order: str | None = None) -
     if isinstance(pick, str):
         if pick in ("largest", "all", "official", "best"):
             return final_order, pick
-        parts = [x for x in pick.split(",")]
+        parts = pick.split(",")
         if parts and all(x.isdigit() for x in parts):
             return final_order, _check_distinct([int(x) for x in parts], face)
         raise InputError(
