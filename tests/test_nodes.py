@@ -276,7 +276,8 @@ def test_validate_inputs_name_only_text_inputs(nodes):
         named = spec.args[1:]
         assert named and all(types[a] == "STRING" for a in named), (node_id, named)
         checked[node_id] = named
-    assert checked == {"PasticheFineTuneStage": ["save_name", "data_folder"],
+    assert checked == {"PasticheAlignFace": ["face_list"],
+                       "PasticheFineTuneStage": ["save_name", "data_folder"],
                        "PasticheMixStyleLayers": ["layer_weights"],
                        "PasticheStyleWeightGrid": ["structure_values", "color_values"]}
 
