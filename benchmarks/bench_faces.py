@@ -5,6 +5,7 @@
     python benchmarks/bench_faces.py --huge          # also a generated 6000x4000 photo (target: < 15 s
                                                      # to align; the official full-size HOG takes ~18 s)
     python benchmarks/bench_faces.py --repeat 3 --size 1024
+    python benchmarks/bench_faces.py --large         # dlib on phone-size photos: default vs the 2048 px shortcut
 
 Times are wall-clock seconds, best of --repeat, on a warm detector (model loading is shown
 once per backend). Detection uses our decoding (``detect`` on the loaded array); "align" is
@@ -55,8 +56,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--huge", action="store_true", help="add a generated 6000x4000 photo")
-    ap.add_argument("--exact", action="store_true", help="dlib: detect at full size (detect_max_side=None)")
+    ap.add_argument("--fast", action="store_true", help="dlib: detect on a 2048 px copy (detect_max_side=2048)")
+    ap.add_argument("--large", action="store_true",
+                    help="only dlib on generated large photos: the default (whole photo, official) against the "
+                         "opt-in shortcut detect_max_side=2048 (time, landmark shift, crop PSNR)")
     args = ap.parse_args(argv)
+    if args.large:
+        return bench_large(args.repeat)
 
     photos = list(args.photos) or [p for p in DEFAULT_PHOTOS if p.exists()]
     tmp = None
@@ -74,7 +80,7 @@ def main(argv=None) -> int:
         if reason:
             print(f"\n[{name}] unavailable: {reason}")
             continue
-        opts = {"detect_max_side": None} if (name == "dlib" and args.exact) else {}
+        opts = {"detect_max_side": 2048} if (name == "dlib" and args.fast) else {}
         det = get_detector(name, **opts)
         t = time.perf_counter()
         try:
@@ -105,6 +111,52 @@ def main(argv=None) -> int:
     if tmp is not None:
         tmp.cleanup()
     return 0
+
+
+def large_photos() -> list[tuple[str, np.ndarray]]:
+    """Phone-size test photos made from the fixture portrait (as tests/test_faces_large.py)."""
+    src = FIX / "align" / "dsg_unsplash-rDEOVtE7vOs" / "input.jpg"
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        portrait = im.crop((430, 0, 1113, 1024))
+        face = im.crop((300, 0, 1324, 1024))
+    out = []
+    for size in [(1920, 2880), (4000, 6000)]:
+        out.append((f"portrait {size[0]}x{size[1]}", np.asarray(portrait.resize(size, Image.Resampling.BICUBIC))))
+    out.append(("landscape 2880x1920", np.asarray(im.resize((2880, 1920), Image.Resampling.BICUBIC))))
+    for canvas, at, label in [((4000, 3000), (200, 150), "face top-left"), ((3000, 2200), (2080, 1280), "face bottom-right")]:
+        photo = Image.new("RGB", canvas, (96, 120, 88))
+        photo.paste(face.resize((900, 900), Image.Resampling.BICUBIC), at)
+        out.append((f"{canvas[0]}x{canvas[1]} {label}", np.asarray(photo)))
+    return out
+
+
+def bench_large(repeat: int) -> int:
+    """The default (whole photo, the official result) against the opt-in shortcut
+    (detect_max_side=2048: a scaled copy): time, landmark shift and crop PSNR."""
+    from pastiche_core.faces.detect import DlibDetector
+
+    exact, fast = DlibDetector(), DlibDetector(detect_max_side=2048)
+    exact.detect(np.zeros((64, 64, 3), np.uint8))  # load the models once
+    print(f"dlib HOG upsample 1 + 68 landmarks; best of {repeat}")
+    print(f"{'photo':30s} {'default':>8s} {'2048 copy':>9s} {'landmark shift':>14s} {'crop PSNR':>9s}")
+    for label, rgb in large_photos():
+        t_exact, ref = best_of(lambda: exact.detect(rgb), repeat)
+        t_fast, got = best_of(lambda: fast.detect(rgb), repeat)
+        if len(ref) != len(got) or not ref:
+            print(f"{label:30s} {t_exact:7.2f}s {t_fast:8.2f}s  faces {len(ref)} vs {len(got)}")
+            continue
+        shift = max(float(np.abs(g.landmarks - r.landmarks).max()) for g, r in zip(got, ref))
+        a = falign.align_faces(rgb, faces=ref, face="all")
+        b = falign.align_faces(rgb, faces=got, face="all")
+        p = min(psnr(x.image, y.image) for x, y in zip(a, b))
+        print(f"{label:30s} {t_exact:7.2f}s {t_fast:8.2f}s {shift:11.0f} px {p:7.1f} dB  ({fast.last_search})")
+    return 0
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,18 @@ from .common import (CATEGORY, PasticheNodeError, Progress, check_image, image_t
                      uint8_to_image, user_error)
 from .types import FaceInfo, PasticheFaces
 
-FACE_MODES = ["largest", "index", "all"]
+# stored workflows hold these values: new modes are only ever appended
+FACE_MODES = ["largest", "index", "all", "list"]
+FACE_ORDERS = ["largest-first", "left-to-right"]
+
+
+def _check_face_list(text: str) -> list[int]:
+    parts = [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise PasticheNodeError(f"face_list '{text}' is not a list of face numbers such as 0,2")
+    if len(set(parts)) != len(parts):
+        raise PasticheNodeError(f"face_list '{text}' names a face twice")
+    return [int(p) for p in parts]
 
 
 def _detector_options() -> list[str]:
@@ -25,8 +36,9 @@ class AlignFace(io.ComfyNode):
         return io.Schema(
             node_id="PasticheAlignFace", display_name="Align Face", category=f"{CATEGORY}/faces",
             description=("Finds faces in every photo of the batch and crops each one the way DualStyleGAN expects "
-                         "(the official FFHQ alignment). Outputs the crops as an IMAGE batch and the face info that "
-                         "Paste Face Back needs to put stylised crops back into the photos."),
+                         "(the official FFHQ alignment). Outputs the crops as an IMAGE batch, the face info that "
+                         "Paste Face Back needs to put stylised crops back into the photos, and each face's mask in "
+                         "its photo's frame (soft and hard) for detailer and inpainting graphs."),
             inputs=[
                 io.Image.Input("image", tooltip="Photos (any size); every image of the batch is searched."),
                 io.Combo.Input("detector", options=_detector_options(), default="dlib",
@@ -34,10 +46,10 @@ class AlignFace(io.ComfyNode):
                                        "dlib-bin and face-recognition-models packages). facexlib: RetinaFace, needs its "
                                        "weights file (see the Pastiche README)."),
                 io.Combo.Input("face", options=FACE_MODES, default="largest",
-                               tooltip="Which faces per photo: the largest, the one at 'index' (0 = largest), or all "
-                                       "(largest first)."),
+                               tooltip="Which faces per photo: the largest, the one at 'index', all, or the ones "
+                                       "in 'face_list' (numbered by 'order': 0 = largest, or leftmost)."),
                 io.Int.Input("index", default=0, min=0, max=63,
-                             tooltip="With face = index: which face, by size (0 = largest)."),
+                             tooltip="With face = index: which face, by 'order' (0 = largest, or leftmost)."),
                 io.Int.Input("size", default=256, min=64, max=1024, step=8,
                              tooltip="Crop size in pixels. 256 is what the encoder reads; the official 1024 "
                                      "crops are pooled to 256 anyway."),
@@ -51,26 +63,59 @@ class AlignFace(io.ComfyNode):
                 io.Float.Input("smoothing", default=0.5, min=0.0, max=1.0, step=0.05,
                                tooltip="With clip on: how much the alignment is smoothed over time (0 = off, "
                                        "1 = strongest); a moving face is still followed."),
+                io.Combo.Input("order", options=FACE_ORDERS, default="largest-first",
+                               tooltip="How the faces of a photo are numbered (for index, list and the order of "
+                                       "all): largest first, or from the left of the photo."),
+                io.String.Input("face_list", default="0",
+                                tooltip="With face = list: the face numbers to take, e.g. 0,2 (numbered by order); "
+                                        "the crops come in this order."),
             ],
             outputs=[
                 io.Image.Output(display_name="faces", tooltip="Aligned face crops [N, size, size, 3]."),
                 PasticheFaces.Output(display_name="face_info",
                                      tooltip="Where each crop came from (for Paste Face Back)."),
+                io.Mask.Output(display_name="face_mask",
+                               tooltip="Each face's region in its photo's frame [N, H, W], soft: Paste Face Back's "
+                                       "default blend mask (ellipse, feather 0.03). For detailer and inpaint nodes."),
+                io.Mask.Output(display_name="face_mask_hard",
+                               tooltip="The same regions as 0/1 masks [N, H, W], without the feather."),
             ],
         )
 
     @classmethod
+    def validate_inputs(cls, face_list: str | None = None) -> bool | str:
+        # only the typed list is named: the other inputs keep ComfyUI's own option checks
+        if face_list is None or not str(face_list).strip():
+            return True
+        try:
+            _check_face_list(face_list)
+        except PasticheNodeError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
     @node_errors("Align Face (FFHQ)")
     def execute(cls, image, detector: str = "dlib", face: str = "largest", index: int = 0, size: int = 256,
-                skip_missing: bool = False, clip: bool = False, smoothing: float = 0.5) -> io.NodeOutput:
+                skip_missing: bool = False, clip: bool = False, smoothing: float = 0.5,
+                order: str = "largest-first", face_list: str = "0") -> io.NodeOutput:
         from pastiche_core.errors import PasticheError
         from pastiche_core.faces.align import align_faces
         from pastiche_core.faces.detect import NoFaceError
+        from pastiche_core.faces.paste import face_masks
+        import torch
 
         image = check_image(image, "image")
         photos = image_to_uint8(image)
-        choice = int(index) if face == "index" else face
+        if face == "index":
+            choice = int(index)
+        elif face == "list":
+            choice = _check_face_list(face_list)
+        else:
+            choice = face
         if clip:
+            if face == "list":
+                raise PasticheNodeError("clip mode follows one face (largest or index) or all faces; a face list "
+                                        "is for single photos")
             return cls._execute_clip(photos, detector, choice, int(size), bool(skip_missing), float(smoothing))
         progress = Progress(len(photos))
         crops, faces, skipped = [], [], []
@@ -78,7 +123,7 @@ class AlignFace(io.ComfyNode):
             h, w = rgb.shape[:2]
             what = f"image {b + 1} of the batch" if len(photos) > 1 else "the image"
             try:
-                aligned = align_faces(rgb, detector=detector, size=int(size), face=choice, what=what)
+                aligned = align_faces(rgb, detector=detector, size=int(size), face=choice, order=order, what=what)
             except NoFaceError as exc:
                 if skip_missing:
                     skipped.append(b)
@@ -95,14 +140,18 @@ class AlignFace(io.ComfyNode):
         if not crops:
             raise PasticheNodeError(f"No face found in any of the {len(photos)} images (detector {detector}).")
         info = FaceInfo(image_sizes=[p.shape[:2] for p in photos], faces=faces, crop_size=int(size))
-        return io.NodeOutput(uint8_to_image(crops), info)
+        # a batch shares one frame; the masks follow the crops, one per face
+        soft, hard = face_masks(photos[0].shape[:2], [af for _b, af in faces])
+        return io.NodeOutput(uint8_to_image(crops), info, torch.from_numpy(soft), torch.from_numpy(hard))
 
     @classmethod
     def _execute_clip(cls, photos, detector: str, choice, size: int, skip_missing: bool,
                       smoothing: float) -> io.NodeOutput:
         """The batch as a clip: tracked faces (crops per frame in track-id order), smoothed transforms."""
         from pastiche_core.errors import PasticheError
+        from pastiche_core.faces.paste import face_masks
         from pastiche_core.faces.track import FaceTracker
+        import torch
 
         if len({p.shape for p in photos}) > 1:
             raise PasticheNodeError("clip mode needs frames of one size; the batch mixes "
@@ -129,7 +178,8 @@ class AlignFace(io.ComfyNode):
         if not crops:
             raise PasticheNodeError(f"No face found in any of the {len(photos)} frames (detector {detector}).")
         info = FaceInfo(image_sizes=[p.shape[:2] for p in photos], faces=faces, crop_size=size)
-        return io.NodeOutput(uint8_to_image(crops), info)
+        soft, hard = face_masks(photos[0].shape[:2], [af for _b, af in faces])  # frames share one size
+        return io.NodeOutput(uint8_to_image(crops), info, torch.from_numpy(soft), torch.from_numpy(hard))
 
 
 class PasteFaceBack(io.ComfyNode):
@@ -144,7 +194,8 @@ class PasteFaceBack(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="The original photos (the batch that went into Align Face)."),
                 io.Image.Input("faces", tooltip="The stylised crops, one per aligned face, in Align Face's order "
-                                                "(any square size)."),
+                                                "(any square size); or several renders of a single aligned face, "
+                                                "giving one photo per render."),
                 PasticheFaces.Input("face_info", tooltip="Face info from the same Align Face node."),
                 io.Float.Input("feather", default=0.03, min=0.0, max=0.2, step=0.005,
                                tooltip="Softness of the mask edge, as a fraction of the crop size."),
@@ -170,12 +221,27 @@ class PasteFaceBack(io.ComfyNode):
                                     f"{[p.shape[1::-1] for p in photos]}, the faces were aligned in "
                                     f"{len(face_info.image_sizes)} photos of sizes "
                                     f"{[tuple(s)[::-1] for s in face_info.image_sizes]}; connect the photos that went into Align Face")
-        if faces.shape[0] != len(face_info.faces):
+        # several renders of a single face (a style grid, say): one photo per render
+        renders_of_one = len(face_info.faces) == 1 and faces.shape[0] > 1
+        if faces.shape[0] != len(face_info.faces) and not renders_of_one:
             raise PasticheNodeError(f"got {faces.shape[0]} face crops for {len(face_info.faces)} aligned faces; "
-                                    "stylise each aligned face once (one style per face) before pasting back")
+                                    "stylise each aligned face once (one style per face) before pasting back, or "
+                                    "align a single face to paste several renders of it")
         if faces.shape[1] != faces.shape[2]:
             raise PasticheNodeError(f"face crops must be square, got {faces.shape[2]}x{faces.shape[1]}")
         crops = faces.numpy()
+        if renders_of_one:
+            b, af = face_info.faces[0]
+            progress = Progress(len(crops))
+            out = []
+            for i, crop in enumerate(crops):
+                try:
+                    out.append(paste_faces(photos[b], [crop], [af], mask=mask, feather=float(feather),
+                                           value_range=(0.0, 1.0)))
+                except PasticheError as exc:
+                    raise PasticheNodeError(f"Paste Face Back, render {i + 1}: {exc}") from None
+                progress.step()
+            return io.NodeOutput(uint8_to_image(out))
         progress = Progress(len(photos))
         out = []
         for b, rgb in enumerate(photos):

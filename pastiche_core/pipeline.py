@@ -434,7 +434,8 @@ def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = 
     weights / structure / color: per-layer weights, or the two knobs (default 0.75 / 1).
     truncation: of the intrinsic code toward 0 (official default 0.75).
     paste_back: put the stylised face back into the photo (needs ``align_face``).
-    face / detector: with ``align_face``, which faces ("largest", "all", an index) and the
+    face / detector: with ``align_face``, which faces ("largest", "all", an index, a list "0,2",
+    "left-to-right[:LIST]", see :func:`pastiche_core.faces.align.select_faces`) and the
     detector backend (see :mod:`pastiche_core.faces.detect`).
     """
     if pipeline is None:

@@ -131,7 +131,7 @@ def test_schemas(nodes):
                     assert spec[1]["min"] <= spec[1]["default"] <= spec[1]["max"], f"{node_id}.{name}"
                 custom |= {spec[0]} - {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "IMAGE"}
         assert all(t for t in info["output_tooltips"]), node_id
-        custom |= set(info["output"]) - {"IMAGE", "STRING"}
+        custom |= set(info["output"]) - {"IMAGE", "STRING", "MASK"}
     assert custom == {"DUALSTYLEGAN_MODEL", "DUALSTYLEGAN_STYLE", "DUALSTYLEGAN_WEIGHTS", "PASTICHE_FACES"}
 
 
@@ -165,7 +165,7 @@ def test_workflow_type_checks(path, nodes, checker):
 
 
 def test_workflows_cover_the_issue():
-    assert len(WORKFLOWS) == 5
+    assert len(WORKFLOWS) == 6
     used = {n["type"] for p in WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
     assert {"PasticheAlignFace", "PastichePasteFaceBack", "PasticheSampleRandomStyle", "PasticheInterpolateStyles",
             "PasticheStyleWeightGrid", "PasticheFineTuneStage", "PasticheMixStyleLayers", "PasticheEncodeExemplarStyle"} <= used
@@ -280,7 +280,8 @@ def test_validate_inputs_name_only_text_inputs(nodes):
         named = spec.args[1:]
         assert named and all(types[a] == "STRING" for a in named), (node_id, named)
         checked[node_id] = named
-    assert checked == {"PasticheFineTuneStage": ["save_name", "data_folder"],
+    assert checked == {"PasticheAlignFace": ["face_list"],
+                       "PasticheFineTuneStage": ["save_name", "data_folder"],
                        "PasticheMixStyleLayers": ["layer_weights"],
                        "PasticheStyleWeightGrid": ["structure_values", "color_values"]}
 
@@ -842,7 +843,7 @@ def dlib_ok():
 def test_align_generate_paste(nodes, demo, host, dlib_ok):
     photo = face_image("pastiche_photo.jpg")
     photos = torch.cat([photo, photo.flip(2)])
-    crops, info = nodes["PasticheAlignFace"].execute(image=photos, detector="dlib", face="largest", size=256)
+    crops, info, *_masks = nodes["PasticheAlignFace"].execute(image=photos, detector="dlib", face="largest", size=256)
     assert crops.shape == (2, 256, 256, 3) and [b for b, _ in info.faces] == [0, 1]
     style = nodes["PasticheEncodeExemplarStyle"].execute(model=demo, index=0)[0]
     out = nodes["PasticheDualStyleGANGenerate"].execute(model=demo, faces=crops, style=style)[0]
@@ -859,9 +860,60 @@ def test_align_no_face_is_a_clear_error(nodes, host, dlib_ok):
     with pytest.raises(err(host), match=r"No face found in image 1 of the batch \(300x200\)"):
         nodes["PasticheAlignFace"].execute(image=blank, detector="dlib", face="largest")
     photo = face_image("pastiche_photo.jpg")
-    crops, info = nodes["PasticheAlignFace"].execute(image=torch.cat([torch.full_like(photo, 0.5), photo]),
+    crops, info, *_masks = nodes["PasticheAlignFace"].execute(image=torch.cat([torch.full_like(photo, 0.5), photo]),
                                                      detector="dlib", face="all", skip_missing=True)
     assert [b for b, _ in info.faces] == [1] * len(info)
+
+
+def _two_faces():
+    from PIL import Image
+
+    path = Path(__file__).parent / "fixtures" / "edge" / "two_faces.jpg"  # 1024x512: 006750 left, 081680 right
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def test_align_face_selection_and_masks(nodes, host, dlib_ok):
+    photo = _two_faces()
+    align = nodes["PasticheAlignFace"]
+    crops, info, soft, hard = align.execute(image=photo, detector="dlib", face="all", order="left-to-right")
+    xs = [af.anchors[:, 0].mean() for _, af in info.faces]
+    assert crops.shape == (2, 256, 256, 3) and xs[0] < 512 < xs[1]  # numbered from the left
+    assert soft.shape == hard.shape == (2, 512, 1024) and soft.dtype == torch.float32
+    assert set(hard.unique().tolist()) == {0.0, 1.0} and bool(((soft > 0) <= (hard > 0)).all())
+    assert 0.0 <= float(soft.min()) and float(soft.max()) <= 1.0 and bool(((soft > 0) & (soft < 1)).any())
+    # each mask sits on its own face, in the photo's frame
+    assert hard[0, :, :512].sum() > 0 and hard[0, :, 512:].sum() == 0
+    assert hard[1, :, 512:].sum() > 0 and hard[1, :, :512].sum() == 0
+    crops2, info2, soft2, _ = align.execute(image=photo, detector="dlib", face="list", face_list="1,0",
+                                            order="left-to-right")
+    assert torch.equal(crops2, crops.flip(0)) and torch.equal(soft2, soft.flip(0))
+    crops3, *_ = align.execute(image=photo, detector="dlib", face="index", index=1, order="left-to-right")
+    assert torch.equal(crops3[0], crops[1])
+    # stored workflows' values (no order/face_list) still mean what they meant: largest first
+    big, *_ = align.execute(image=photo, detector="dlib", face="largest", index=0, size=256, skip_missing=False)
+    by_size, *_ = align.execute(image=photo, detector="dlib", face="index", index=0)
+    assert torch.equal(big, by_size)
+    assert align.validate_inputs(face_list="0, 2") is True and align.validate_inputs(face_list=None) is True
+    assert "not a list" in align.validate_inputs(face_list="0,x")
+    with pytest.raises(err(host), match="out of range"):
+        align.execute(image=photo, detector="dlib", face="list", face_list="0,5")
+
+
+def test_paste_several_renders_of_one_face(nodes, host, dlib_ok):
+    photo = face_image("pastiche_photo.jpg")
+    crops, info, soft, _hard = nodes["PasticheAlignFace"].execute(image=photo, detector="dlib", face="largest")
+    renders = torch.stack([torch.full((256, 256, 3), v) for v in (0.0, 0.5, 1.0)])  # a 3-style "grid"
+    out = nodes["PastichePasteFaceBack"].execute(image=photo, faces=renders, face_info=info)[0]
+    assert out.shape == (3,) + tuple(photo.shape[1:])
+    outside = soft[0] == 0
+    for i in range(3):
+        assert torch.equal(out[i][outside], photo[0][outside])  # untouched outside the face mask
+    centre = soft[0] > 0.99
+    assert [round(float(out[i][centre].mean()), 2) for i in range(3)] == [0.0, 0.5, 1.0]
+    two = torch.cat([photo, photo])
+    _c, info2, *_ = nodes["PasticheAlignFace"].execute(image=two, detector="dlib", face="largest")
+    with pytest.raises(err(host), match="3 face crops for 2 aligned faces"):
+        nodes["PastichePasteFaceBack"].execute(image=two, faces=renders, face_info=info2)
 
 
 # ------------------------------------------------------------------------------------------

@@ -296,16 +296,19 @@ def test_align_face_node_clip_mode(face_nodes, pan):
     batch = torch.from_numpy(np.stack(frames).astype(np.float32) / 255.0)
     align = face_nodes["PasticheAlignFace"]
     names = [i.id for i in align.GET_SCHEMA().inputs]
-    assert names[-2:] == ["clip", "smoothing"]  # new inputs at the end: stored workflows stay valid
-    crops, info = align.execute(image=batch, detector="dlib", face="largest", size=256, clip=True, smoothing=0.5)
+    # new inputs after the original five: stored workflows stay valid
+    assert names[:5] == ["image", "detector", "face", "index", "size"] and names[6:8] == ["clip", "smoothing"]
+    crops, info, soft, hard = align.execute(image=batch, detector="dlib", face="largest", size=256, clip=True,
+                                            smoothing=0.5)
     assert crops.shape == (6, 256, 256, 3) and [b for b, _ in info.faces] == list(range(6))
+    assert soft.shape == hard.shape == (6, *frames[0].shape[:2])  # one mask per tracked crop, in the frame
     # the same transforms as the tracker's (smoothed, not per frame)
     ref = FaceTracker("dlib", smoothing=0.5)
     for (b, af), f in zip(info.faces, frames):
         expect = ref.align(f, size=256)[0]
         assert np.allclose(af.quad_effective, expect.quad_effective) and af.params["track_id"] == 0
     assert any(not np.allclose(af.quad, af.params["raw_quad"]) for _, af in info.faces)
-    single, _ = align.execute(image=batch, detector="dlib", face="largest", size=256)  # clip off: as before
+    single = align.execute(image=batch, detector="dlib", face="largest", size=256)[0]  # clip off: as before
     assert mean_crop_change(list((crops.numpy() * 255).round())) < mean_crop_change(list((single.numpy() * 255).round()))
     pasted = face_nodes["PastichePasteFaceBack"].execute(image=batch, faces=1.0 - crops, face_info=info)[0]
     assert pasted.shape == batch.shape

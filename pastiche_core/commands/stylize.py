@@ -36,8 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--color", type=float, metavar="C", help="colour weight for layers 7-17 (default 1)")
     parser.add_argument("--truncation", type=float, default=0.75, metavar="T", help="truncation of the photo's code (default 0.75)")
     parser.add_argument("--align-face", action="store_true", help="detect and align the face first (FFHQ recipe)")
-    parser.add_argument("--face", default="largest", metavar="largest|all|N",
-                        help="with --align-face: which face(s) to stylise (default largest; all = every face)")
+    from ..faces.command import FACE_HELP, FACE_METAVAR, parse_face  # noqa: PLC0415 - numpy/PIL only
+
+    parser.add_argument("--face", type=parse_face, default="largest", metavar=FACE_METAVAR,
+                        help="with --align-face: " + FACE_HELP)
     parser.add_argument("--detector", default="dlib", help="face detector backend (default dlib)")
     parser.add_argument("--paste-back", action="store_true", help="paste the stylised face back into the photo (with --align-face)")
     parser.add_argument("--seed", type=int, metavar="N",

@@ -45,6 +45,9 @@ __all__ = [
     "align_faces",
     "align_file",
     "select_faces",
+    "order_faces",
+    "parse_face_spec",
+    "FACE_ORDERS",
     "gaussian_filter_reference",
     "FACE_CHOICES",
 ]
@@ -399,32 +402,90 @@ def _align_many(img: Image.Image, items: Sequence[np.ndarray | Face], *, size: i
 # detection + selection + alignment
 # --------------------------------------------------------------------------------------
 
-def select_faces(faces: Sequence[Face], face: str | int = "largest") -> list[Face]:
-    """Pick faces: ``"largest"`` (default), ``"all"`` (largest first), an int N (the N-th
-    largest, 0-based), ``"official"`` (the last detection in backend order, which is what
-    the official code aligns) or ``"best"`` (the highest score)."""
+FACE_ORDERS = ("largest-first", "left-to-right")
+
+
+def parse_face_spec(face: str | int | Sequence[int], order: str | None = None) -> tuple[str, Any]:
+    """Split a face choice into (order, pick).
+
+    Forms: ``"largest"``, ``"all"``, ``"official"``, ``"best"``, an index ``N`` / ``"N"``, a list
+    ``"0,2"`` (or a list of ints), an order alone (``"left-to-right"``, ``"largest-first"``: all
+    faces in that order), or ``"ORDER:PICK"`` (``"left-to-right:0,2"``). ``order`` numbers the
+    faces when the spec names none; the pick then counts in that numbering.
+    Returns pick as a str keyword or a list of ints.
+    """
+    spec_order = None
+    pick: Any = face
+    if isinstance(face, str):
+        v = face.strip().lower().replace(" ", "")
+        if ":" in v:
+            spec_order, v = v.split(":", 1)
+        elif v in FACE_ORDERS:
+            spec_order, v = v, "all"
+        pick = v
+    if spec_order is not None and order is not None and spec_order != order:
+        raise InputError(f"face choice '{face}' names order {spec_order}, but order {order} was asked for")
+    final_order = spec_order or order or "largest-first"
+    if final_order not in FACE_ORDERS:
+        raise InputError(f"face order '{final_order}' is unknown (use {' or '.join(FACE_ORDERS)})")
+    if isinstance(pick, (int, np.integer)) and not isinstance(pick, bool):
+        return final_order, [int(pick)]
+    if isinstance(pick, str):
+        if pick in ("largest", "all", "official", "best"):
+            return final_order, pick
+        parts = pick.split(",")
+        if parts and all(x.isdigit() for x in parts):
+            return final_order, _check_distinct([int(x) for x in parts], face)
+        raise InputError(
+            f"face choice '{face}' is unknown (use largest, all, a number N, a list like 0,2, "
+            f"{' or '.join(FACE_ORDERS)}, or ORDER:LIST like left-to-right:0,2)"
+        )
+    if isinstance(pick, (list, tuple)) and pick and all(isinstance(x, (int, np.integer)) and x >= 0 for x in pick):
+        return final_order, _check_distinct([int(x) for x in pick], face)
+    raise InputError(f"face choice {face!r} is unknown (use largest, all, a number or a list of numbers)")
+
+
+def _check_distinct(picks: list[int], face) -> list[int]:
+    if len(set(picks)) != len(picks):
+        raise InputError(f"face choice '{face}' names a face twice")
+    return picks
+
+
+def order_faces(faces: Sequence[Face], order: str = "largest-first") -> list[Face]:
+    """Number the faces: ``largest-first`` (by the size of the aligned square, then score) or
+    ``left-to-right`` (by the centre of the eyes and mouth, then top to bottom)."""
+    if order == "left-to-right":
+        return sorted(faces, key=lambda f: (float(f.anchors[:, 0].mean()), float(f.anchors[:, 1].mean())))
+    if order == "largest-first":
+        return sorted(faces, key=lambda f: (-face_quad(f.anchors)["qsize"], -f.score))
+    raise InputError(f"face order '{order}' is unknown (use {' or '.join(FACE_ORDERS)})")
+
+
+def select_faces(faces: Sequence[Face], face: str | int | Sequence[int] = "largest", order: str | None = None) -> list[Face]:
+    """Pick faces. ``order`` (or an ``ORDER:`` prefix in ``face``) numbers them, see
+    :func:`order_faces` (default largest first); then ``face`` picks: ``"largest"``, ``"all"``
+    (in that order), an index N or a list ``"0,2"`` (those faces, in the list's order),
+    ``"official"`` (the last detection in backend order, which is what the official code
+    aligns) or ``"best"`` (the highest score). See :func:`parse_face_spec` for the forms."""
+    how, pick = parse_face_spec(face, order)
     if not faces:
         return []
-    by_size = sorted(faces, key=lambda f: (-face_quad(f.anchors)["qsize"], -f.score))
-    if isinstance(face, str) and face.lstrip("-").isdigit():
-        face = int(face)
-    if isinstance(face, (int, np.integer)) and not isinstance(face, bool):
-        n = int(face)
-        if not 0 <= n < len(by_size):
+    numbered = order_faces(faces, how)
+    if isinstance(pick, list):
+        bad = [n for n in pick if not 0 <= n < len(numbered)]
+        if bad:
             raise InputError(
-                f"face index {n} is out of range: found {len(by_size)} face{'s' if len(by_size) != 1 else ''}"
-                f" (use 0-{len(by_size) - 1}, 'largest' or 'all')"
+                f"face index {bad[0]} is out of range: found {len(numbered)} face{'s' if len(numbered) != 1 else ''}"
+                f" (use 0-{len(numbered) - 1}, 'largest' or 'all')"
             )
-        return [by_size[n]]
-    if face == "largest":
-        return by_size[:1]
-    if face == "all":
-        return list(by_size)
-    if face == "official":
+        return [numbered[n] for n in pick]
+    if pick == "largest":
+        return order_faces(faces, "largest-first")[:1]
+    if pick == "all":
+        return numbered
+    if pick == "official":
         return [max(faces, key=lambda f: f.index)]
-    if face == "best":
-        return [max(faces, key=lambda f: f.score)]
-    raise InputError(f"face choice '{face}' is unknown (use largest, all, official, best or a number)")
+    return [max(faces, key=lambda f: f.score)]  # best
 
 
 def _no_face_message(shape: tuple[int, ...], detector: FaceDetector, what: str) -> str:
@@ -445,19 +506,21 @@ def align_faces(
     *,
     detector: str | FaceDetector = "dlib",
     size: int = 256,
-    face: str | int = "largest",
+    face: str | int | Sequence[int] = "largest",
     transform_size: int | None = None,
     method: str = "pil",
     faces: Sequence[Face] | None = None,
     landmark_image: np.ndarray | None = None,
     what: str = "the image",
+    order: str | None = None,
 ) -> list[AlignedFace]:
     """Detect faces in an HxWx3 uint8 RGB image and align the selected ones.
 
     ``faces``: skip detection and use these. ``landmark_image``: a same-size decoding of the
     photo for the dlib backend to detect on (see :func:`align_file`). Raises
-    :class:`NoFaceError` when nothing is found. Each result has ``index`` = its rank by size
-    among all detected faces and ``params["faces_found"]``.
+    :class:`NoFaceError` when nothing is found. ``face`` / ``order``: see :func:`select_faces`.
+    Each result has ``index`` = its number among all detected faces in that order (largest
+    first by default) and ``params["faces_found"]``.
     """
     img = _as_pil_rgb(image)
     arr = np.asarray(img)
@@ -470,8 +533,9 @@ def align_faces(
     faces = list(faces)
     if not faces:
         raise NoFaceError(_no_face_message(arr.shape, det, what))
-    ranked = select_faces(faces, "all")
-    chosen = select_faces(faces, face)
+    how, _pick = parse_face_spec(face, order)  # a bad choice fails before any alignment
+    ranked = order_faces(faces, how)
+    chosen = select_faces(faces, face, order)
     results = _align_many(img, chosen, size=size, transform_size=transform_size, method=method)
     for r in results:
         r.index = next(i for i, f in enumerate(ranked) if f is r.face)
@@ -497,11 +561,12 @@ def align_file(
     *,
     detector: str | FaceDetector = "dlib",
     size: int = 256,
-    face: str | int = "largest",
+    face: str | int | Sequence[int] = "largest",
     transform_size: int | None = None,
     method: str = "pil",
     official_decode: bool = True,
     max_pixels: int | None = None,
+    order: str | None = None,
 ) -> tuple[list[AlignedFace], np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Load ``path`` (EXIF applied, 8-bit RGB), detect and align.
 
@@ -535,7 +600,7 @@ def align_file(
             landmark_image = candidate
     aligned = align_faces(
         rgb, detector=det, size=size, face=face, transform_size=transform_size, method=method,
-        landmark_image=landmark_image, what=f"'{path}'",
+        landmark_image=landmark_image, what=f"'{path}'", order=order,
     )
     info["official_decode"] = landmark_image is not None
     return aligned, rgb, alpha, info

@@ -22,21 +22,43 @@ __all__ = ["register", "main", "run_align", "parse_face"]
 HELP = "detect and align faces (FFHQ recipe, as DualStyleGAN's --align_face)"
 DESCRIPTION = """\
 Detect faces in PHOTO, align them with the FFHQ recipe the official DualStyleGAN uses, and
-save SIZE x SIZE crops. With one face selected, the crop goes to OUT. With --face all, the
-faces go to numbered files next to OUT, largest first: OUT_0.png, OUT_1.png, ... (for
---out crops/me.png: crops/me_0.png, crops/me_1.png, ...). The photo's EXIF orientation is
+save SIZE x SIZE crops. With one face selected, the crop goes to OUT. With several (--face all,
+--face 0,2, --face left-to-right), each goes to a file named by its face number next to OUT:
+OUT_0.png, OUT_2.png, ... (for --out crops/me.png: crops/me_0.png, ...). Faces are numbered
+largest first, or from the left with left-to-right. The photo's EXIF orientation is
 applied first. Exit status 2 with a one-line message when no face is found or the photo
 cannot be read."""
 
 
+FACE_METAVAR = "largest|all|N|N,M,...|left-to-right[:N,M,...]"
+FACE_HELP = ("which faces: the largest (default); all (largest first); the N-th counting from 0, or a list "
+             "such as 0,2 (faces numbered largest first); left-to-right (all, numbered from the left) or "
+             "left-to-right:0,2 (the 1st and 3rd from the left); largest-first[:LIST] is the default numbering")
+
+
 def parse_face(value: str) -> str | int:
-    """argparse type for --face: 'largest', 'all' or a non-negative integer."""
+    """argparse type for --face: the forms of :func:`pastiche_core.faces.align.parse_face_spec`
+    (checked here, so a typo is a usage error before any work)."""
+    from ..errors import InputError  # noqa: PLC0415
+    from .align import parse_face_spec  # noqa: PLC0415
+
     v = value.strip().lower()
-    if v in ("largest", "all"):
-        return v
-    if v.isdigit():
-        return int(v)
-    raise argparse.ArgumentTypeError(f"invalid face choice '{value}' (use largest, all or a number 0, 1, ...)")
+    try:
+        parse_face_spec(v)
+    except InputError:
+        raise argparse.ArgumentTypeError(
+            f"invalid face choice '{value}' (use largest, all, a number 0, 1, ..., a list such as 0,2, "
+            "left-to-right or left-to-right:0,2)"
+        ) from None
+    return int(v) if v.isdigit() else v
+
+
+def selects_one(face: str | int) -> bool:
+    """Whether a --face value always selects a single face (written to OUT itself)."""
+    if isinstance(face, int):
+        return True
+    pick = str(face).split(":", 1)[-1]
+    return pick in ("largest", "official", "best") or pick.isdigit()
 
 
 def _parse_size(value: str) -> int:
@@ -59,9 +81,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--size", type=_parse_size, default=256, help="side of the aligned crop in pixels (default 256, as DualStyleGAN)")
     p.add_argument(
-        "--face", type=parse_face, default="largest", metavar="largest|all|N",
-        help="which face: the largest (default), all of them (numbered files, largest first), "
-        "or the N-th largest counting from 0",
+        "--face", type=parse_face, default="largest", metavar=FACE_METAVAR,
+        help=FACE_HELP + "; several faces go to numbered files OUT_<face number>",
     )
     names = detector_names()
     p.add_argument(
@@ -89,7 +110,7 @@ def numbered_path(out: Path, i: int) -> Path:
 
 
 def _check_numbered_outputs(out: Path, photo: Path) -> None:
-    """With --face all the crops go to OUT_0, OUT_1, ...: none of them may be the photo."""
+    """With several faces the crops go to OUT_0, OUT_1, ...: none of them may be the photo."""
     import os
     import re
 
@@ -107,7 +128,7 @@ def _check_numbered_outputs(out: Path, photo: Path) -> None:
             except OSError:  # a dangling link is not the photo
                 continue
     if hit:
-        raise InputError(f"output '{out}' with --face all writes {out.stem}_0{out.suffix}, {out.stem}_1{out.suffix}, "
+        raise InputError(f"output '{out}' with several faces writes {out.stem}_0{out.suffix}, {out.stem}_1{out.suffix}, "
                          f"...: one of them is the input '{photo}'; choose another --out")
 
 
@@ -126,13 +147,13 @@ def run_align(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in _SAVE_FORMATS:
         raise PasticheError(f"output '{out}': unknown image extension '{out.suffix}' (use .png, .jpg or .webp)")
     check_output(out, [args.photo])  # before any work: writable, valid name, not the photo itself
-    if args.face == "all":
+    if not selects_one(args.face):
         _check_numbered_outputs(out, Path(args.photo))
     detector = get_detector(args.detector)
     aligned, _rgb, _alpha, _info = align_file(args.photo, detector=detector, size=args.size, face=args.face)
     found = aligned[0].params.get("faces_found", len(aligned))
-    if args.face == "all":
-        targets = [numbered_path(out, i) for i in range(len(aligned))]
+    if not selects_one(args.face):
+        targets = [numbered_path(out, a.index) for a in aligned]
     else:
         targets = [out]
     written = []
@@ -153,7 +174,7 @@ def run_align(args: argparse.Namespace) -> int:
     for a in aligned:
         for w in a.params.get("warnings", []):
             print(f"note: {w}", file=sys.stderr)
-    if found > 1 and args.face != "all":
+    if found > 1 and selects_one(args.face):
         print(
             f"note: {found} faces found in '{args.photo}'; wrote face {aligned[0].index} "
             "(use --face all or --face N for others)",

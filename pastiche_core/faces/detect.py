@@ -12,13 +12,15 @@ Backends
     DualStyleGAN aligner) and the iBUG-68 shape predictor from the ``face-recognition-models``
     package (or a file you name). ``pip install dlib-bin face-recognition-models``.
     The 68-point model's training data (iBUG 300-W) excludes commercial use.
-    For big photos, detection can run on a copy whose longest side is at most
-    ``detect_max_side`` (default 2048); the rectangle is scaled back and the 68 landmarks are
-    always predicted on the full-resolution image. ``detect_max_side=None`` gives exact parity
-    with the official code at any size.
+    It runs on the whole photo at any size, as the official code does, so boxes and landmarks
+    are the official ones. ``detect_max_side=N`` (opt-in) is faster on big photos but not
+    official: it detects on a copy at most N px long and scales the box back, which moves the
+    68 landmarks (20 px measured on a 1920x2880 portrait). A crop of the photo does not give
+    the official box either (see :meth:`DlibDetector.rectangles`).
 ``facexlib``
     RetinaFace (ResNet-50 or MobileNet-0.25) from ``facexlib``; 5 points. Only used when its
-    weight file is already on disk in ``model_dir`` (or ``$PASTICHE_FACEXLIB_DIR``); it never
+    weight file is already on disk: ComfyUI's ``models/facedetection``, facexlib's own
+    ``weights`` folder, ``$PASTICHE_FACEXLIB_DIR`` (see :func:`facexlib_model_dirs`); it never
     downloads. Needs ``facexlib`` and a torchvision that loads beside your torch.
 
 Heavy imports (dlib, facexlib) happen inside the backends, on first use.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -40,6 +43,7 @@ __all__ = [
     "FaceDetector",
     "DlibDetector",
     "FacexlibDetector",
+    "facexlib_model_dirs",
     "NoFaceError",
     "DetectorUnavailableError",
     "register_detector",
@@ -182,8 +186,8 @@ class DlibDetector(FaceDetector):
     ``predictor_path``: the ``shape_predictor_68_face_landmarks.dat`` file; default
     ``$PASTICHE_DLIB_PREDICTOR``, else the copy inside ``face-recognition-models``.
     ``upsample``: HOG upsampling passes (1 = official; finds faces down to about 40 px).
-    ``detect_max_side``: detect on a copy scaled so its longest side is at most this many
-    pixels (only when the photo is bigger); ``None`` for exact official parity.
+    ``detect_max_side``: ``None`` (default): detect on the whole photo, the official result.
+    N: detect on a copy at most N px long (faster, approximate boxes and landmarks).
     ``fallback``: when the official pass finds nothing (where the official code crashes),
     try again with ``upsample=0`` (very large faces) and then on a copy with a mirrored
     border of 10 % (faces cut by the image edge, e.g. a chin outside the frame). Faces from
@@ -199,7 +203,7 @@ class DlibDetector(FaceDetector):
         predictor_path: str | os.PathLike | None = None,
         *,
         upsample: int = 1,
-        detect_max_side: int | None = 2048,
+        detect_max_side: int | None = None,
         fallback: bool = True,
     ) -> None:
         self.upsample = int(upsample)
@@ -207,6 +211,7 @@ class DlibDetector(FaceDetector):
         self.detect_max_side = int(detect_max_side) if detect_max_side else None
         self._predictor_path = Path(predictor_path) if predictor_path else None
         self._dlib = None
+        self.last_search = ""
         self._detector = None
         self._predictor = None
 
@@ -256,10 +261,19 @@ class DlibDetector(FaceDetector):
     def rectangles(
         self, image: np.ndarray, *, upsample: int | None = None, pad_fraction: float = 0.0
     ) -> list[tuple[tuple[int, int, int, int], float, int]]:
-        """Raw HOG detections as ((left, top, right, bottom), score, subdetector) in dlib order.
+        """Raw HOG detections as ((left, top, right, bottom), score, subdetector) in dlib order,
+        as the official ``detector(img, upsample)`` gives them on the whole image.
 
         ``pad_fraction``: detect on a copy with a mirrored border of this fraction of the long
-        side (boxes are given in the original image's coordinates)."""
+        side (boxes are given in the original image's coordinates).
+        ``self.last_search`` says how the last call ran: "full" or "scaled copy WxH".
+
+        There is no exact shortcut for big photos: dlib resizes each pyramid level with a
+        scale of ``(in - 1) / (out - 1)`` from pixel (0, 0), so a crop (even one kept at the
+        top-left corner, even one whose offset sits on the face level's HOG cell lattice)
+        samples the levels on another grid; measured on 36 crops around faces in 2000x3000
+        photos, 17 gave another box than the whole photo, with nothing in the crop's own
+        result to tell which."""
         self._setup()
         img = _check_image(image)
         upsample = self.upsample if upsample is None else int(upsample)
@@ -269,27 +283,24 @@ class DlibDetector(FaceDetector):
             found = self.rectangles(padded, upsample=upsample)
             return [((b[0] - p, b[1] - p, b[2] - p, b[3] - p), sc, k) for b, sc, k in found]
         h, w = img.shape[:2]
-        scale = 1.0
-        if self.detect_max_side and max(h, w) > self.detect_max_side:
-            from PIL import Image  # noqa: PLC0415
+        if not (self.detect_max_side and max(h, w) > self.detect_max_side):
+            self.last_search = "full"
+            return self._run(img, upsample)
+        from PIL import Image  # noqa: PLC0415
 
-            scale = self.detect_max_side / float(max(h, w))
-            small = (max(1, round(w * scale)), max(1, round(h * scale)))
-            img = np.asarray(Image.fromarray(img).resize(small, Image.Resampling.BILINEAR, reducing_gap=2.0))
-            scale_x, scale_y = w / small[0], h / small[1]
+        scale = self.detect_max_side / float(max(h, w))
+        small = (max(1, round(w * scale)), max(1, round(h * scale)))
+        self.last_search = f"scaled copy {small[0]}x{small[1]}"
+        arr = np.asarray(Image.fromarray(img).resize(small, Image.Resampling.BILINEAR, reducing_gap=2.0))
+        sx, sy = w / small[0], h / small[1]
+        return [
+            ((int(round(b[0] * sx)), int(round(b[1] * sy)), int(round((b[2] + 1) * sx)) - 1, int(round((b[3] + 1) * sy)) - 1), sc, k)
+            for b, sc, k in self._run(np.ascontiguousarray(arr), upsample)
+        ]
+
+    def _run(self, img: np.ndarray, upsample: int) -> list[tuple[tuple[int, int, int, int], float, int]]:
         rects, scores, subs = self._detector.run(img, upsample, 0.0)
-        out = []
-        for r, s, k in zip(rects, scores, subs):
-            box = (r.left(), r.top(), r.right(), r.bottom())
-            if scale != 1.0:
-                box = (
-                    int(round(box[0] * scale_x)),
-                    int(round(box[1] * scale_y)),
-                    int(round((box[2] + 1) * scale_x)) - 1,
-                    int(round((box[3] + 1) * scale_y)) - 1,
-                )
-            out.append((box, float(s), int(k)))
-        return out
+        return [((r.left(), r.top(), r.right(), r.bottom()), float(s), int(k)) for r, s, k in zip(rects, scores, subs)]
 
     def landmarks(self, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         """The 68 landmarks (integer pixel coordinates, as dlib gives them) inside ``box``."""
@@ -341,13 +352,47 @@ class DlibDetector(FaceDetector):
 # facexlib (RetinaFace)
 # --------------------------------------------------------------------------------------
 
+def facexlib_model_dirs() -> list[Path]:
+    """Folders searched for facexlib's weight files, in order: ComfyUI's ``facedetection``
+    folders (``models/facedetection``, when running inside ComfyUI), facexlib's own
+    ``facexlib/weights`` package folder (where facexlib itself saves them), then
+    ``$PASTICHE_FACEXLIB_DIR`` and ``~/.cache/pastiche/facexlib``.
+
+    ComfyUI users usually already have ``detection_Resnet50_Final.pth`` from face-restore
+    packs in one of the first two; nothing here imports ComfyUI or facexlib (facexlib imports
+    torchvision at once, which may not load beside this torch)."""
+    dirs: list[Path] = []
+    fp = sys.modules.get("folder_paths")  # only set inside ComfyUI (or its test stand-in)
+    if fp is not None:
+        try:
+            dirs += [Path(d) for d in fp.get_folder_paths("facedetection")]
+        except Exception:  # not registered by ComfyUI itself: its default place
+            if getattr(fp, "models_dir", None):
+                dirs.append(Path(fp.models_dir) / "facedetection")
+    try:
+        spec = importlib.util.find_spec("facexlib")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        dirs += [Path(loc) / "weights" for loc in spec.submodule_search_locations]
+    env = os.environ.get("PASTICHE_FACEXLIB_DIR")
+    if env:
+        dirs.append(Path(env))
+    dirs.append(Path.home() / ".cache" / "pastiche" / "facexlib")
+    out: list[Path] = []
+    for d in dirs:
+        if d not in out:
+            out.append(d)
+    return out
+
+
 class FacexlibDetector(FaceDetector):
     """RetinaFace via facexlib, from weight files already on disk (never downloads).
 
-    ``model_dir``: folder with the weights; default ``$PASTICHE_FACEXLIB_DIR``, else
-    ``~/.cache/pastiche/facexlib``. ``model``: ``retinaface_resnet50`` (file
-    ``detection_Resnet50_Final.pth``) or ``retinaface_mobile0.25``
-    (``detection_mobilenet0.25_Final.pth``).
+    ``model_dir``: folder with the weights; default: the first of :func:`facexlib_model_dirs`
+    that holds the file (looked up on every use, so a file added later is found).
+    ``model``: ``retinaface_resnet50`` (file ``detection_Resnet50_Final.pth``) or
+    ``retinaface_mobile0.25`` (``detection_mobilenet0.25_Final.pth``).
     """
 
     name = "facexlib"
@@ -367,13 +412,20 @@ class FacexlibDetector(FaceDetector):
     ) -> None:
         if model not in self.WEIGHTS:
             raise InputError(f"facexlib model '{model}' is unknown (choose from {', '.join(self.WEIGHTS)})")
-        if model_dir is None:
-            model_dir = os.environ.get("PASTICHE_FACEXLIB_DIR") or (Path.home() / ".cache" / "pastiche" / "facexlib")
-        self.model_dir = Path(model_dir)
+        self._model_dir = Path(model_dir) if model_dir is not None else None
         self.model = model
         self.conf_threshold = float(conf_threshold)
         self.device = device
         self._net = None
+
+    def search_dirs(self) -> list[Path]:
+        return [self._model_dir] if self._model_dir is not None else facexlib_model_dirs()
+
+    @property
+    def model_dir(self) -> Path:
+        """The folder that holds the weights, else the first place searched."""
+        dirs = self.search_dirs()
+        return next((d for d in dirs if (d / self.WEIGHTS[self.model]).is_file()), dirs[0])
 
     @property
     def weight_path(self) -> Path:
@@ -381,13 +433,15 @@ class FacexlibDetector(FaceDetector):
 
     def check_files(self) -> Path:
         """Raise :class:`DetectorUnavailableError` unless the weight file is on disk."""
-        if not self.weight_path.is_file():
+        path = self.weight_path
+        if not path.is_file():
+            where = ", ".join(f"'{d}'" for d in self.search_dirs())
             raise DetectorUnavailableError(
-                f"face detector 'facexlib' needs {self.WEIGHTS[self.model]} in '{self.model_dir}' "
-                "(set PASTICHE_FACEXLIB_DIR to the folder that holds it; nothing is downloaded), "
-                "or use detector 'dlib'"
+                f"face detector 'facexlib' needs {self.WEIGHTS[self.model]}; looked in {where} "
+                "(put it in ComfyUI's models/facedetection or set PASTICHE_FACEXLIB_DIR to the folder that holds "
+                "it; nothing is downloaded), or use detector 'dlib'"
             )
-        return self.weight_path
+        return path
 
     def describe(self) -> str:
         return f"facexlib ({self.model})"

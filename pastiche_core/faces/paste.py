@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import InputError
 from .align import AlignedFace
 
-__all__ = ["face_mask", "paste_faces", "DEFAULT_ELLIPSE"]
+__all__ = ["face_mask", "face_masks", "paste_faces", "DEFAULT_ELLIPSE"]
 
 #: Default mask ellipse in crop-relative units: centre x, centre y, radius x, radius y.
 #: In an FFHQ-aligned crop the eyes sit near y=0.47 and the mouth near y=0.75; this covers
@@ -182,9 +182,6 @@ def paste_faces(
     Returns a new uint8 array shaped like ``photo`` (HxWx4 when it has alpha or ``alpha`` is
     given); the alpha plane is kept as is.
     """
-    import torch  # noqa: PLC0415
-    import kornia  # noqa: PLC0415
-
     base = np.asarray(photo)
     if base.dtype != np.uint8 or base.ndim != 3 or base.shape[2] not in (3, 4):
         raise InputError(f"paste-back needs an HxWx3 or HxWx4 uint8 photo, got {base.dtype} {base.shape}")
@@ -207,36 +204,90 @@ def paste_faces(
     h, w = rgb.shape[:2]
     for crop, af in zip(crop_list, faces):
         s = crop.shape[0]
-        m_crop2img = af.matrix(s)
-        corners = np.array([[-0.5, -0.5, 1], [s - 0.5, -0.5, 1], [s - 0.5, s - 0.5, 1], [-0.5, s - 0.5, 1]]) @ m_crop2img.T
-        x0 = max(int(np.floor(corners[:, 0].min())) - 1, 0)
-        y0 = max(int(np.floor(corners[:, 1].min())) - 1, 0)
-        x1 = min(int(np.ceil(corners[:, 0].max())) + 2, w)
-        y1 = min(int(np.ceil(corners[:, 1].max())) + 2, h)
-        if x1 <= x0 or y1 <= y0:
+        roi = _frame_roi(af, s, h, w)
+        if roi is None:
             continue  # the face lies outside this photo
-        if mask == "landmarks":
-            lm = af.landmarks
-            if lm is None or np.asarray(lm).shape != (68, 2):
-                raise InputError("mask='landmarks' needs 68-point landmarks (use the dlib detector or mask='ellipse')")
-            inv = np.linalg.inv(m_crop2img)
-            lm_crop = np.c_[np.asarray(lm, dtype=np.float64), np.ones(68)] @ inv.T
-            fm = face_mask(s, shape="landmarks", landmarks=lm_crop[:, :2], feather=feather)
-        else:
-            fm = face_mask(s, shape=mask, ellipse=ellipse, feather=feather)
-
-        shift = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
-        m_roi = (shift @ m_crop2img)[:2]
-        src = torch.from_numpy(np.dstack([crop, fm[:, :, None] * 255.0]).astype(np.float32)).permute(2, 0, 1)[None]
-        src = src.to(device)
-        mat = torch.from_numpy(m_roi.astype(np.float32))[None].to(device)
-        warped = kornia.geometry.transform.warp_affine(
-            src, mat, dsize=(y1 - y0, x1 - x0), mode="bilinear", padding_mode="zeros", align_corners=True
-        )[0].permute(1, 2, 0).cpu().numpy()
+        x0, y0, x1, y1, m_roi = roi
+        fm = _crop_mask(af, s, mask, feather, ellipse)
+        warped = _warp_to_roi(np.dstack([crop, fm[:, :, None] * 255.0]), m_roi, (y1 - y0, x1 - x0), device)
         colour = warped[:, :, :3]
         alpha_m = np.clip(warped[:, :, 3:4] / 255.0, 0.0, 1.0)
-        roi = rgb[y0:y1, x0:x1].astype(np.float32)
-        blended = np.clip(np.rint(roi + (colour - roi) * alpha_m), 0, 255).astype(np.uint8)
+        roi_px = rgb[y0:y1, x0:x1].astype(np.float32)
+        blended = np.clip(np.rint(roi_px + (colour - roi_px) * alpha_m), 0, 255).astype(np.uint8)
         touch = alpha_m[:, :, 0] > 0
         rgb[y0:y1, x0:x1][touch] = blended[touch]
     return out
+
+
+def _frame_roi(af: AlignedFace, s: int, h: int, w: int):
+    """The photo rectangle a ``s`` px crop of ``af`` lands in, and the crop-to-rectangle
+    affine (2x3); None when it misses the photo."""
+    m_crop2img = af.matrix(s)
+    corners = np.array([[-0.5, -0.5, 1], [s - 0.5, -0.5, 1], [s - 0.5, s - 0.5, 1], [-0.5, s - 0.5, 1]]) @ m_crop2img.T
+    x0 = max(int(np.floor(corners[:, 0].min())) - 1, 0)
+    y0 = max(int(np.floor(corners[:, 1].min())) - 1, 0)
+    x1 = min(int(np.ceil(corners[:, 0].max())) + 2, w)
+    y1 = min(int(np.ceil(corners[:, 1].max())) + 2, h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    shift = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
+    return x0, y0, x1, y1, (shift @ m_crop2img)[:2]
+
+
+def _crop_mask(af: AlignedFace, s: int, mask: str, feather: float, ellipse) -> np.ndarray:
+    if mask == "landmarks":
+        lm = af.landmarks
+        if lm is None or np.asarray(lm).shape != (68, 2):
+            raise InputError("mask='landmarks' needs 68-point landmarks (use the dlib detector or mask='ellipse')")
+        inv = np.linalg.inv(af.matrix(s))
+        lm_crop = np.c_[np.asarray(lm, dtype=np.float64), np.ones(68)] @ inv.T
+        return face_mask(s, shape="landmarks", landmarks=lm_crop[:, :2], feather=feather)
+    return face_mask(s, shape=mask, ellipse=ellipse, feather=feather)
+
+
+def _warp_to_roi(src_hwc: np.ndarray, m_roi: np.ndarray, dsize: tuple[int, int], device: str) -> np.ndarray:
+    import torch  # noqa: PLC0415
+    import kornia  # noqa: PLC0415
+
+    src = torch.from_numpy(np.ascontiguousarray(src_hwc, dtype=np.float32)).permute(2, 0, 1)[None].to(device)
+    mat = torch.from_numpy(m_roi.astype(np.float32))[None].to(device)
+    warped = kornia.geometry.transform.warp_affine(
+        src, mat, dsize=dsize, mode="bilinear", padding_mode="zeros", align_corners=True
+    )
+    return warped[0].permute(1, 2, 0).cpu().numpy()
+
+
+def face_masks(
+    frame: tuple[int, int],
+    faces: Sequence[AlignedFace] | AlignedFace,
+    *,
+    mask: str = "ellipse",
+    feather: float = 0.03,
+    ellipse: tuple[float, float, float, float] = DEFAULT_ELLIPSE,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each face's region in the photo's frame (``frame`` = (H, W)): ``(soft, hard)``, both
+    float32 ``[N, H, W]``.
+
+    ``soft`` is paste-back's blend mask (the same shape and feather as :func:`paste_faces`
+    with these options, for a crop of the alignment's size): 1 inside the face, feathered
+    inward, exactly 0 outside. ``hard`` is the unfeathered shape, 0 or 1, which covers the
+    soft mask's whole support (for nodes that want a binary region, e.g. to inpaint)."""
+    if isinstance(faces, AlignedFace):
+        faces = [faces]
+    h, w = int(frame[0]), int(frame[1])
+    soft = np.zeros((len(faces), h, w), np.float32)
+    hard = np.zeros((len(faces), h, w), np.float32)
+    for i, af in enumerate(faces):
+        s = int(af.size)
+        roi = _frame_roi(af, s, h, w)
+        if roi is None:
+            continue
+        x0, y0, x1, y1, m_roi = roi
+        # the hard shape is the soft mask's support, warped the same way; a pixel the soft
+        # mask touches at all is inside it, so hard >= (soft > 0)
+        shapes = np.dstack([_crop_mask(af, s, mask, feather, ellipse), _crop_mask(af, s, mask, 0.0, ellipse)])
+        warped = _warp_to_roi(shapes, m_roi, (y1 - y0, x1 - x0), device)
+        soft[i, y0:y1, x0:x1] = np.clip(warped[:, :, 0], 0.0, 1.0)
+        hard[i, y0:y1, x0:x1] = (warped[:, :, 1] > 0).astype(np.float32)
+    return soft, hard

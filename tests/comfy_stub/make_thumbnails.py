@@ -32,6 +32,7 @@ THUMBNAILS = {
                         "sampler + interpolation"),
     "5_training_finetune": (["pastiche_exemplar_cartoon.jpg", "pastiche_face_aligned.jpg"], "Train a new style",
                             "six official training stages"),
+    "6_face_detailer": (["pastiche_two_faces.jpg"], "Face detailer", "every face, masks, paste back"),
 }
 
 

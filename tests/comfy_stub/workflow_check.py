@@ -32,6 +32,8 @@ CORE_NODES = {
                   "input_order": {"required": ["images", "filename_prefix"]}, "output": [], "output_node": True},
     "PreviewImage": {"input": {"required": {"images": ("IMAGE", {})}}, "input_order": {"required": ["images"]},
                      "output": [], "output_node": True},
+    "MaskToImage": {"input": {"required": {"mask": ("MASK", {})}}, "input_order": {"required": ["mask"]},
+                    "output": ["IMAGE"]},
     "ImageBatch": {"input": {"required": {"image1": ("IMAGE", {}), "image2": ("IMAGE", {})}},
                    "input_order": {"required": ["image1", "image2"]}, "output": ["IMAGE"]},
 }
