@@ -272,8 +272,8 @@ def test_resume_with_augmentation_and_after_sigkill(ckpts, tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys, torch
         sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
-        torch.set_num_threads(1)
         import test_training_gan as T
+        torch.set_num_threads(1)  # after the import: conftest (imported by it) sets the suite's count
         from pathlib import Path
         T.narrow(True)
         def progress(n, total, info):
@@ -306,8 +306,8 @@ def test_two_processes_match_one(ckpts, tmp_path):
     worker.write_text(textwrap.dedent(f"""
         import os, sys, torch
         sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
-        torch.set_num_threads(1)
         import test_training_gan as T
+        torch.set_num_threads(1)  # after the import: conftest (imported by it) sets the suite's count
         from pathlib import Path
         from pastiche_core.training.checkpointing import load_state
         T.narrow(True)
