@@ -110,6 +110,7 @@ EXPECTED = {  # saved image sizes (W, H) with the 256 px demo-weight models
     "2_style_from_exemplar": [(384, 256)],
     "3_weight_grid": [(3 * 256 + 2 * 4, 3 * 256 + 2 * 4)],
     "4_random_styles": [(4 * 256 + 3 * 4, 256)] * 2,
+    "6_face_detailer": [(512, 256)] * 3,  # the photo with both faces stylised, then each face's mask
 }
 
 
