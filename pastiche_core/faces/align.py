@@ -349,6 +349,21 @@ def _check_size(size: int, transform_size: int | None) -> tuple[int, int]:
     return size, ts
 
 
+def warp_square(img: Image.Image, quad: np.ndarray, qsize: float, size: int, transform_size: int,
+                method: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Steps 3-6 of the recipe on one square (shrink, crop, pad, warp, then LANCZOS down to
+    ``size``): the crop as HxWx3 uint8, the final quad and the step parameters. Shared by the
+    per-photo aligner and the clip tracker, so both give the same crop for the same square."""
+    src, quad_final, params = _prepare(img, quad, float(qsize), transform_size)
+    if method == "pil":
+        warped = _warp_pil(src, quad_final, transform_size)
+    else:
+        warped = Image.fromarray(warp_quads_torch(np.asarray(src), quad_final[None], transform_size)[0], "RGB")
+    if size < transform_size:
+        warped = warped.resize((size, size), Image.Resampling.LANCZOS)
+    return np.array(warped, dtype=np.uint8), quad_final, params
+
+
 def align_from_landmarks(
     image: np.ndarray | Image.Image,
     landmarks: np.ndarray | Face,
@@ -369,13 +384,7 @@ def _align_many(img: Image.Image, items: Sequence[np.ndarray | Face], *, size: i
     for i, item in enumerate(items):
         face = item if isinstance(item, Face) else Face(box=(0.0, 0.0, 0.0, 0.0), score=0.0, landmarks=np.asarray(item))
         geo = face_quad(face.landmarks if face.landmarks.shape[0] in (68, 5, 4) else face.anchors)
-        src, quad_final, params = _prepare(img, geo["quad"], geo["qsize"], ts)
-        if method == "pil":
-            warped = _warp_pil(src, quad_final, ts)
-        else:
-            warped = Image.fromarray(warp_quads_torch(np.asarray(src), quad_final[None], ts)[0], "RGB")
-        if size < ts:
-            warped = warped.resize((size, size), Image.Resampling.LANCZOS)
+        warped, quad_final, params = warp_square(img, geo["quad"], geo["qsize"], size, ts, method)
         params.update(
             {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in geo.items() if k != "quad"},
             quad_source=geo["quad"].tolist(),
@@ -385,7 +394,7 @@ def _align_many(img: Image.Image, items: Sequence[np.ndarray | Face], *, size: i
         )
         out.append(
             AlignedFace(
-                image=np.array(warped, dtype=np.uint8),
+                image=warped,
                 size=size,
                 quad=geo["quad"],
                 quad_effective=_effective_quad(quad_final, params),

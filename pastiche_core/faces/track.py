@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .align import AlignedFace, _as_pil_rgb, _check_size, _effective_quad, _prepare, _warp_pil, face_quad, warp_quads_torch
+from .align import AlignedFace, _as_pil_rgb, _check_size, _effective_quad, face_quad, warp_square
 from .detect import DlibDetector, Face, FaceDetector, get_detector
 
 __all__ = [
@@ -164,20 +164,10 @@ def align_quad(
     if method not in ("pil", "torch"):
         raise InputError(f"alignment method '{method}' is unknown (choose 'pil' or 'torch')")
     quad = np.asarray(quad, dtype=np.float64)
-    src, quad_final, params = _prepare(img, quad, float(qsize), ts)
-    if method == "pil":
-        warped = _warp_pil(src, quad_final, ts)
-    else:
-        from PIL import Image  # noqa: PLC0415
-
-        warped = Image.fromarray(warp_quads_torch(np.asarray(src), quad_final[None], ts)[0], "RGB")
-    if size < ts:
-        from PIL import Image  # noqa: PLC0415
-
-        warped = warped.resize((size, size), Image.Resampling.LANCZOS)
+    warped, quad_final, params = warp_square(img, quad, float(qsize), size, ts, method)
     params.update(quad_source=quad.tolist(), output_size=size, transform_size=ts, method=method)
     return AlignedFace(
-        image=np.array(warped, dtype=np.uint8), size=size, quad=quad,
+        image=warped, size=size, quad=quad,
         quad_effective=_effective_quad(quad_final, params), qsize=float(qsize), face=face, params=params,
     )
 
