@@ -313,25 +313,32 @@ def _check_output(path: Path) -> str | None:
 def test_fuzzed_inputs_succeed_or_fail_with_one_error_line(tmp_path):
     cases = build_cases(tmp_path)
     assert len(cases) >= 250
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
     results_path = tmp_path / "results.jsonl"
     env = {k: v for k, v in os.environ.items() if k not in ("PASTICHE_DEBUG", "PASTICHE_MAX_PIXELS")}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, __file__, str(tmp_path / "cases.json"), str(results_path)],
-                          capture_output=True, text=True, timeout=HANG_GUARD_S, env=env, cwd=tmp_path)
-    rows = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
-    done = {r["id"]: r for r in rows if "rc" in r}
-    started = [r["id"] for r in rows if r.get("started")]
-    if proc.returncode != 0 or len(done) != len(cases):
-        last = cases[started[-1]] if started else None
-        raise AssertionError(f"the fuzz child died (status {proc.returncode}) during case {last}; "
-                             f"stderr tail: {proc.stderr[-2000:]}")
+    # One child per command, each under the same address-space bound: hundreds of align cases
+    # (full-resolution dlib pyramids of large photos among them) leave the allocator's arenas
+    # fragmented, which is no reason to fail the stylize cases' generator that follows.
+    for command in ("align", "stylize"):
+        group = [c for c in cases if c["argv"][0] == command]
+        (tmp_path / f"cases_{command}.json").write_text(json.dumps(group))
+        proc = subprocess.run([sys.executable, __file__, str(tmp_path / f"cases_{command}.json"), str(results_path)],
+                              capture_output=True, text=True, timeout=HANG_GUARD_S, env=env, cwd=tmp_path)
+        rows = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+        done = {r["id"]: r for r in rows if "rc" in r}
+        started = [r["id"] for r in rows if r.get("started")]
+        if proc.returncode != 0 or not all(c["id"] in done for c in group):
+            last = cases[started[-1]] if started else None
+            raise AssertionError(f"the fuzz child died (status {proc.returncode}) during case {last}; "
+                                 f"stderr tail: {proc.stderr[-2000:]}")
+    assert len(done) == len(cases)
 
     failures, outcomes = check_results(cases, done)
     assert not failures, f"{len(failures)} of {len(cases)} cases broke the contract:\n" + "\n".join(failures[:20])
     # the fuzz exercises both sides of the contract
     assert outcomes["ok"] >= 10 and outcomes["error"] >= 100, outcomes
-    assert done[[c["id"] for c in cases if c["kind"] == "stylize"][0]]["rc"] == 0  # the valid stylize case
+    valid = done[[c["id"] for c in cases if c["kind"] == "stylize"][0]]
+    assert valid["rc"] == 0, valid["stderr"][-1500:]  # the valid stylize case
 
 
 def check_results(cases: list[dict], done: dict) -> tuple[list[str], dict]:
