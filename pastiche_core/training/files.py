@@ -16,10 +16,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import (_load_strict, build_generator, check_generator_state, infer_stylegan2_config,
-                           is_dualstylegan_state,
-                           is_stylegan2_state, safe_torch_load, save_generator_safetensors)
+                           is_dualstylegan_state, is_stylegan2_state, safe_torch_load, save_generator_safetensors)
 from ..atomic import atomic_write
-from ..checkpoints import save_generator_safetensors
 from ..errors import CheckpointError
 from .checkpointing import atomic_torch_save
 
