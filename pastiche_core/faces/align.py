@@ -534,15 +534,16 @@ def align_faces(
     img = _as_pil_rgb(image)
     arr = np.asarray(img)
     det = get_detector(detector)
+    how, pick = parse_face_spec(face, order)  # a bad choice fails before any detection
     if faces is None:
-        if landmark_image is not None and isinstance(det, DlibDetector):
-            faces = det.detect(arr, landmark_image=landmark_image)
+        if isinstance(det, DlibDetector):
+            # only the largest face wanted: big photos may skip the pyramid's fine levels
+            faces = det.detect(arr, landmark_image=landmark_image, largest_only=pick == "largest")
         else:
             faces = det.detect(arr)
     faces = list(faces)
     if not faces:
         raise NoFaceError(_no_face_message(arr.shape, det, what))
-    how, _pick = parse_face_spec(face, order)  # a bad choice fails before any alignment
     ranked = order_faces(faces, how)
     chosen = select_faces(faces, face, order)
     results = _align_many(img, chosen, size=size, transform_size=transform_size, method=method)
@@ -550,6 +551,7 @@ def align_faces(
         r.index = next(i for i, f in enumerate(ranked) if f is r.face)
         r.params["faces_found"] = len(faces)
         r.params["detector"] = det.describe()
+        r.params["search"] = getattr(det, "last_search", "")
         r.params["detect_pass"] = r.face.detect_pass
         warnings = []
         if r.qsize < r.size:
