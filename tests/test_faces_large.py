@@ -96,8 +96,11 @@ def test_the_coarse_run_refuses_a_box_in_its_guard_band():
     level = int(round(np.log((boxes[0][2] - boxes[0][0]) * 2 / hog_pyramid.WINDOW_SPAN) / np.log(1.2)))
     run = lambda start: hog_pyramid.search(det._detector, det._dlib, rgb, upsample=1, level=start)  # noqa: E731
     assert run(level) is None and run(level - 1) is None  # the face's level is in the guard band
-    found = run(level - hog_pyramid.GUARD_LEVELS)
-    assert [b for b, _s, _k in found] == boxes
+    found, start = run(level - hog_pyramid.GUARD_LEVELS)
+    assert start == level - hog_pyramid.GUARD_LEVELS and [b for b, _s, _k in found] == boxes
+    # started inside the guard band, it starts again two levels below the box
+    found, start = hog_pyramid.search(det._detector, det._dlib, rgb, upsample=1, level=level, min_level=level - 4)
+    assert start == level - hog_pyramid.GUARD_LEVELS and [b for b, _s, _k in found] == boxes
 
 
 def test_smaller_faces_are_left_out_only_when_the_largest_is_wanted():

@@ -295,11 +295,15 @@ class DlibDetector(FaceDetector):
             if largest_only and self.pyramid_max_side:
                 level = hog_pyramid.start_level(img.shape, upsample, self.pyramid_max_side)
                 # below level 3 the skipped levels cost less than rebuilding the chain
-                found = hog_pyramid.search(self._detector, self._dlib, img, upsample=upsample, level=level) if level >= 3 else None
-                if found:
-                    self.last_search = (f"pyramid from level {level} (boxes of "
-                                        f"{hog_pyramid.smallest_exact_box(level, upsample):.0f} px and more)")
-                    return found
+                found = None
+                if level >= 3:
+                    found = hog_pyramid.search(self._detector, self._dlib, img, upsample=upsample, level=level,
+                                               min_level=max(3, level - 6))
+                if found and found[0]:
+                    boxes, start = found
+                    self.last_search = (f"pyramid from level {start} (boxes of "
+                                        f"{hog_pyramid.smallest_exact_box(start, upsample):.0f} px and more)")
+                    return boxes
             self.last_search = "full"
             return self._run(img, upsample)
         from PIL import Image  # noqa: PLC0415

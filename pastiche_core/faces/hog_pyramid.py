@@ -20,8 +20,9 @@ suppression compares boxes of all levels. dlib's overlap test needs intersection
 two boxes' bounding rectangle above 0.5; a box two levels finer covers at most 1/1.44^2 =
 0.48 of a coarser one, so boxes two or more levels apart never suppress each other. The two
 finest levels of the run are therefore a guard band: if any box there survives, the skipped
-levels might have changed it and :func:`search` returns ``None`` (the caller runs the whole
-pyramid). Otherwise every box it returns is an official box with its official score, in the
+levels might have changed it, and :func:`search` starts again two levels below that box
+(down to a floor; past it, it returns ``None`` and the caller runs the whole pyramid).
+Otherwise every box it returns is an official box with its official score, in the
 official order, and the only boxes missing are faces too small for the run's floor
 (:func:`smallest_exact_box`), which the caller only may drop when it wants the largest face.
 ``benchmarks/dlib_pyramid_parity.py`` checks this against full runs on random photos.
@@ -88,16 +89,21 @@ def smallest_exact_box(level: int, upsample: int) -> float:
     return WINDOW_SPAN * _STEP ** (level + GUARD_LEVELS) / 2**upsample
 
 
-def _level_image(dlib: Any, image: np.ndarray, upsample: int, level: int) -> np.ndarray:
+def _level_images(dlib: Any, image: np.ndarray, upsample: int, level: int, keep_from: int) -> dict[int, np.ndarray]:
+    """Pyramid levels ``keep_from..level`` of ``image``, made by dlib's own resizers."""
     img = image
     for _ in range(upsample):
         rows, cols = _upsampled_size(*img.shape[:2])
         img = dlib.resize_image(img, rows, cols)
     down = dlib.pyramid_down(6)
-    for _ in range(level):
-        img = down(img)
-    assert img.shape[:2] == _level_size(image.shape[0], image.shape[1], upsample, level)
-    return np.ascontiguousarray(img)
+    kept = {}
+    for k in range(level + 1):
+        if k:
+            img = down(img)
+        if k >= keep_from:
+            assert img.shape[:2] == _level_size(image.shape[0], image.shape[1], upsample, k)
+            kept[k] = np.ascontiguousarray(img)
+    return kept
 
 
 def _window_coordinate(value: int, levels: int) -> int | None:
@@ -109,22 +115,16 @@ def _window_coordinate(value: int, levels: int) -> int | None:
     return None
 
 
-def search(
-    detector: Any, dlib: Any, image: np.ndarray, *, upsample: int, level: int
-) -> list[tuple[tuple[int, int, int, int], float, int]] | None:
-    """``detector.run(image, upsample)``'s boxes from pyramid level ``level + GUARD_LEVELS`` up.
-
-    Returns ((left, top, right, bottom), score, subdetector) in dlib's order, identical to
-    those boxes in the whole run, or ``None`` when the result cannot be vouched for (a box in
-    the guard band, or one that does not map back onto a HOG window).
-    """
-    rects, scores, subs = detector.run(_level_image(dlib, image, upsample, level), 0, 0.0)
+def _scan(detector: Any, level_image: np.ndarray, *, upsample: int, level: int):
+    """One run from ``level``: (boxes in photo pixels, score, subdetector), or the absolute
+    level of the first box in the guard band (an int), or ``None`` for an unmappable box."""
+    rects, scores, subs = detector.run(level_image, 0, 0.0)
     found = []
     for rect, score, sub in zip(rects, scores, subs):
         span = rect.right() - rect.left()
         rel = int(round(math.log(max(span, 1) / WINDOW_SPAN) / math.log(_STEP)))
         if rel < GUARD_LEVELS:
-            return None
+            return level + rel
         window = [_window_coordinate(v, rel) for v in (rect.left(), rect.top(), rect.right(), rect.bottom())]
         if any(v is None for v in window):
             return None
@@ -134,3 +134,26 @@ def search(
         )
         found.append((box, float(score), int(sub)))
     return found
+
+
+def search(
+    detector: Any, dlib: Any, image: np.ndarray, *, upsample: int, level: int, min_level: int | None = None
+) -> tuple[list[tuple[tuple[int, int, int, int], float, int]], int] | None:
+    """``detector.run(image, upsample)``'s boxes from pyramid level ``start + GUARD_LEVELS`` up.
+
+    Scans from ``level``; when a box lands in the guard band (at level ``L``) it scans again
+    from ``L - GUARD_LEVELS`` (the finer levels are already made), down to ``min_level``
+    (default ``level``: no retry). Returns (boxes, start) with boxes as ((left, top, right,
+    bottom), score, subdetector) in dlib's order, identical to those boxes in the whole run,
+    or ``None`` when no start could vouch for its result.
+    """
+    floor = level if min_level is None else max(0, min(min_level, level))
+    levels = _level_images(dlib, image, upsample, level, floor)
+    start = level
+    while True:
+        result = _scan(detector, levels[start], upsample=upsample, level=start)
+        if not isinstance(result, int) or isinstance(result, bool):
+            return None if result is None else (result, start)
+        start = result - GUARD_LEVELS
+        if start < floor:
+            return None
