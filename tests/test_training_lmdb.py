@@ -343,3 +343,20 @@ def test_node_trains_from_an_lmdb_data_folder(nodes, demo, host, tmp_path):
         T.narrow(False)
         (root / STYLEGAN_FFHQ).unlink()
     assert (root / "from_lmdb" / "finetune-000001.pt").is_file()
+
+
+@needs_train
+def test_pretrain_reads_lmdb_face_photos(narrow_ckpts, tmp_path):
+    """pretrain (official: the FFHQ lmdb) reads --data through the same reader (what it reads
+    is the finetune-stylegan test's): an lmdb without the generator's resolution is its clear
+    error, before any model is built or anything written."""
+    from types import SimpleNamespace
+
+    import test_training_gan as T
+    from pastiche_core.training.dualstylegan_stage import pretrain_dualstylegan
+
+    encoder = SimpleNamespace(space="z+")  # not reached: the data are checked first
+    with pytest.raises(InputError, match=r"^--data: lmdb '.*big' has no 64 px images \(it holds: 128 px\)"):
+        pretrain_dualstylegan(narrow_ckpts, write_lmdb(tmp_path / "big", sizes=(128,)), tmp_path / "o", encoder,
+                              None, T.gan_config(2))
+    assert not (tmp_path / "o").exists()
