@@ -283,7 +283,8 @@ class FineTuneStage(io.ComfyNode):
                 io.String.Input("data_folder", default="", optional=True,
                                 tooltip="Instead of images: a folder of training images inside ComfyUI's input "
                                         "folder, as a path relative to it (e.g. my_style/train); paths outside "
-                                        "it (absolute, '..', '~') are refused."),
+                                        "it (absolute, '..', '~') are refused. For finetune-stylegan and pretrain "
+                                        "it may also be an lmdb folder made by the official prepare_data.py."),
                 # last, so that widget values stored in older workflows keep their places
                 io.Boolean.Input("overwrite", default=False, optional=True,
                                  tooltip="Start this stage afresh even though <save_name> already has its training "
@@ -336,7 +337,8 @@ class FineTuneStage(io.ComfyNode):
             except PasticheNodeError:  # refused when the node runs; nothing to fingerprint
                 path = None
             if path is not None and path.is_dir():
-                files += sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+                # an official lmdb dataset (prepare_data.py) is its data.mdb
+                files += sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES or p.name == "data.mdb")
         stamp = []
         for p in files:
             if any(o == p or o in p.parents for o in outs):

@@ -61,6 +61,22 @@ def require_faces() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# The `train` extra (lmdb): the one decision whether the lmdb dataset tests run
+# --------------------------------------------------------------------------------------------
+TRAIN_INSTALL = 'pip install -e ".[train]" (lmdb)'
+
+
+def train_extra_installed() -> bool:
+    """Whether the `train` extra is installed, from package metadata alone (as the faces extra:
+    where it is installed, a broken lmdb must make its tests FAIL, not skip)."""
+    return _installed("lmdb")
+
+
+#: Marks a test that reads lmdb datasets: skipped only where the extra is absent.
+needs_train = pytest.mark.skipif(not train_extra_installed(), reason=f"the train extra is not installed: {TRAIN_INSTALL}")
+
+
+# --------------------------------------------------------------------------------------------
 # Tolerances that follow the quantity, not a fixed number
 # --------------------------------------------------------------------------------------------
 #: Relative precision expected of a short float computation (a few ops, short sums) per dtype:

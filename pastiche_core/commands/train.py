@@ -52,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder laid out like the official checkpoint/ release (default ./checkpoint)")
     parser.add_argument("--style", default=None, metavar="NAME",
                         help="style sub-folder of DIR (official layout DIR/NAME/...); default: the files are in DIR")
-    parser.add_argument("--data", metavar="FOLDER", help="the style images (official data/NAME/images/train)")
+    parser.add_argument("--data", metavar="FOLDER",
+                        help="the style images (official data/NAME/images/train), or for finetune-stylegan and "
+                             "pretrain an lmdb folder made by the official prepare_data.py (e.g. data/ffhq/lmdb)")
     parser.add_argument("--out", metavar="DIR", help="output folder (results and the resumable training state)")
     parser.add_argument("--iters", type=int, metavar="N",
                         help="refine-exstyle: steps per image batch (official 100); sampler: Adam steps per net "

@@ -21,6 +21,8 @@ One decoder (PIL), one normalisation, used for everything downstream:
   (:func:`pixel_limit`: 100 megapixels unless ``PASTICHE_MAX_PIXELS`` or the ``max_pixels``
   argument says otherwise). A 1-bit PNG of a few KB can declare billions of pixels, and every
   one of them becomes 3 bytes of RGB, then 12 of float.
+* :func:`load_image_bytes` decodes an image held in memory (a record of an lmdb training set)
+  the same way, under the same rules.
 
 :func:`save_image` writes through a temporary file in the target folder and renames it into
 place, so a failure never leaves a half-written output (and never clobbers an existing one).
@@ -31,6 +33,7 @@ import os
 import re
 import struct
 import warnings
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +42,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
 
-__all__ = ["ImageLoadError", "load_image", "to_rgb_uint8", "resize_center_crop", "save_image", "DEFAULT_BACKGROUND",
-           "ALLOWED_FORMATS", "DEFAULT_MAX_PIXELS", "pixel_limit", "check_image_header"]
+__all__ = ["ImageLoadError", "load_image", "load_image_bytes", "to_rgb_uint8", "resize_center_crop", "save_image",
+           "DEFAULT_BACKGROUND", "ALLOWED_FORMATS", "DEFAULT_MAX_PIXELS", "pixel_limit", "check_image_header"]
 
 #: Colour that transparent pixels are composited onto (documented choice: white).
 DEFAULT_BACKGROUND = (255, 255, 255)
@@ -102,17 +105,18 @@ def _megapixels(n: int) -> str:
     return f"{n / 1e6:.1f} MP"
 
 
-def _too_many_pixels(p: Path, w: int | None, h: int | None, n: int, limit: int) -> ImageLoadError:
+def _too_many_pixels(label: str, w: int | None, h: int | None, n: int, limit: int) -> ImageLoadError:
     dims = f"{w}x{h} = " if w is not None else ""
     hint = f"set {MAX_PIXELS_ENV} to allow more"
     return ImageLoadError(
-        f"image {_describe(p)} is too large: {dims}{n} pixels ({_megapixels(n)}), "
+        f"image {label} is too large: {dims}{n} pixels ({_megapixels(n)}), "
         f"the limit is {limit} ({_megapixels(limit)}; {hint})"
     )
 
 
-def _open(p: Path, limit: int, formats: tuple[str, ...]) -> Image.Image:
-    """``Image.open`` restricted to ``formats`` with the pixel limit checked on the header.
+def _open(source: Path | BytesIO, label: str, limit: int, formats: tuple[str, ...]) -> Image.Image:
+    """``Image.open`` of a file or of bytes in memory (``label`` names it in errors), restricted
+    to ``formats``, with the pixel limit checked on the header.
 
     Pillow's decompression-bomb warning (above ``Image.MAX_IMAGE_PIXELS``, ~89 MP) is caught
     and replaced by our own limit, which is the one that decides; its hard error (twice that)
@@ -120,15 +124,15 @@ def _open(p: Path, limit: int, formats: tuple[str, ...]) -> Image.Image:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", Image.DecompressionBombWarning)
         try:
-            im = Image.open(p, formats=list(formats))
+            im = Image.open(source, formats=list(formats))
         except Image.DecompressionBombError as exc:
             found = re.search(r"\((\d+) pixels\)", str(exc))
             n = int(found.group(1)) if found else 0
             if n > limit or not found:
-                raise _too_many_pixels(p, None, None, n, limit) from None
+                raise _too_many_pixels(label, None, None, n, limit) from None
             # Our limit was raised above Pillow's own hard stop (2x Image.MAX_IMAGE_PIXELS).
             raise ImageLoadError(
-                f"image {_describe(p)} is too large for Pillow: {n} pixels ({_megapixels(n)}), over twice "
+                f"image {label} is too large for Pillow: {n} pixels ({_megapixels(n)}), over twice "
                 f"Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS}) although {MAX_PIXELS_ENV} allows {limit}"
             ) from None
     for w in caught:
@@ -137,7 +141,7 @@ def _open(p: Path, limit: int, formats: tuple[str, ...]) -> Image.Image:
     width, height = im.size
     if width * height > limit:
         im.close()
-        raise _too_many_pixels(p, width, height, width * height, limit)
+        raise _too_many_pixels(label, width, height, width * height, limit)
     return im
 
 
@@ -150,10 +154,10 @@ def check_image_header(
     p = Path(path)
     limit = pixel_limit(max_pixels)
     try:
-        with _open(p, limit, formats) as im:
+        with _open(p, _describe(p), limit, formats) as im:
             return str(im.format), im.size
     except UnidentifiedImageError:
-        raise _unidentified(p, formats) from None
+        raise _unidentified(p, _describe(p), formats) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         if isinstance(exc, ImageLoadError):
             raise
@@ -166,21 +170,24 @@ _SIGNATURES = {
 }
 
 
-def _unidentified(p: Path, formats: tuple[str, ...] = ALLOWED_FORMATS) -> ImageLoadError:
+def _unidentified(source: Path | BytesIO, label: str, formats: tuple[str, ...] = ALLOWED_FORMATS) -> ImageLoadError:
     """Pillow identified no allowed format: a photo format with a broken header, or another
     kind of file altogether (the message says which, from the first bytes)."""
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(16)
-    except OSError:
-        head = b""
+    if isinstance(source, BytesIO):
+        head = source.getvalue()[:16]
+    else:
+        try:
+            with open(source, "rb") as fh:
+                head = fh.read(16)
+        except OSError:
+            head = b""
     kind = next((f for sig, f in _SIGNATURES.items() if head.startswith(sig)), None)
     if kind is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         kind = "WEBP"
     if kind is not None and kind in formats:
-        return ImageLoadError(f"image {_describe(p)} is a corrupt {kind} file (its header cannot be read)")
+        return ImageLoadError(f"image {label} is a corrupt {kind} file (its header cannot be read)")
     names = ", ".join(_FORMAT_NAMES) if formats == ALLOWED_FORMATS else "/".join(formats)
-    return ImageLoadError(f"image {_describe(p)} is not an image in an accepted format ({names})")
+    return ImageLoadError(f"image {label} is not an image in an accepted format ({names})")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -220,9 +227,31 @@ def load_image(
         raise ImageLoadError(f"image {_describe(p)} cannot be read: {exc.strerror or exc}") from None
     if nbytes == 0:
         raise ImageLoadError(f"image {_describe(p)} is an empty file (0 bytes)")
+    return _decode(p, _describe(p), str(p), limit, background, min_side)
 
+
+def load_image_bytes(
+    data: bytes,
+    name: str,
+    *,
+    background: tuple[int, int, int] | None = DEFAULT_BACKGROUND,
+    min_side: int = 16,
+    max_pixels: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """:func:`load_image` of an encoded image held in memory (a record of an lmdb training set):
+    the same decoder, format allow-list and pixel limit. ``name`` says in every error which
+    image it was (e.g. ``"record '256-00007' of lmdb '/data/ffhq'"``); ``info["path"]`` is it."""
+    limit = pixel_limit(max_pixels)
+    if not data:
+        raise ImageLoadError(f"image {name} is empty (0 bytes)")
+    return _decode(BytesIO(data), name, name, limit, background, min_side)
+
+
+def _decode(source: Path | BytesIO, label: str, where: str, limit: int,
+            background: tuple[int, int, int] | None, min_side: int):
+    """The decoding half of :func:`load_image`, for a checked file or bytes in memory."""
     try:
-        with _open(p, limit, ALLOWED_FORMATS) as im:
+        with _open(source, label, limit, ALLOWED_FORMATS) as im:
             fmt = im.format
             stored_mode = im.mode
             stored_size = im.size
@@ -241,28 +270,28 @@ def load_image(
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise _unidentified(p) from None
+        raise _unidentified(source, label) from None
     except PermissionError:
-        raise ImageLoadError(f"image {_describe(p)} cannot be read: permission denied") from None
+        raise ImageLoadError(f"image {label} cannot be read: permission denied") from None
     except MemoryError:
-        raise ImageLoadError(f"image {_describe(p)} needs more memory to decode than is available") from None
+        raise ImageLoadError(f"image {label} needs more memory to decode than is available") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
             ZeroDivisionError, OverflowError, RuntimeError) as exc:
         # Pillow's plugins report malformed headers and data with any of these.
         msg = _first_line(exc)
         if "truncated" in msg.lower():
-            raise ImageLoadError(f"image {_describe(p)} is truncated or corrupt ({msg})") from None
-        raise ImageLoadError(f"image {_describe(p)} is corrupt or unreadable ({msg})") from None
+            raise ImageLoadError(f"image {label} is truncated or corrupt ({msg})") from None
+        raise ImageLoadError(f"image {label} is corrupt or unreadable ({msg})") from None
 
     w, h = upright.size
     if min(w, h) < min_side:
         raise ImageLoadError(
-            f"image {_describe(p)} is too small ({w}x{h} px; at least {min_side} px per side needed)"
+            f"image {label} is too small ({w}x{h} px; at least {min_side} px per side needed)"
         )
 
     rgb, alpha, bit_depth = to_rgb_uint8(upright, background=background)
     info: dict[str, Any] = {
-        "path": str(p),
+        "path": where,
         "format": fmt,
         "mode": stored_mode,
         "stored_size": stored_size,

@@ -46,6 +46,7 @@ from .common import Progress, ShouldStop, StageResult
 from .files import (PRETRAIN, STYLEGAN_FFHQ, discriminator_from_state, find_file, link_or_copy,
                     read_training_file, save_generator_files, search_folders, stylegan2_size)
 from .gan import Epochs, GANConfig, GANStage, ImageSet, config_dict, g_nonsaturating_loss
+from .lmdb_images import open_images
 from .losses import contextual_loss, perceptual_l1, style_loss
 
 PRETRAIN_STAGE = "pretrain"
@@ -336,7 +337,7 @@ def pretrain_dualstylegan(checkpoints, data, out, encoder, vgg, cfg: GANConfig |
         size = stylegan2_size(ckpt["g_ema"], path)
         if getattr(encoder, "space", "z+") != "z+":
             raise InputError("pretrain needs the z+ pSp encoder (encoder.pt), not the w+ one")
-        images = ImageSet(data, size)
+        images = open_images(data, size)  # a folder of images or an official lmdb (FFHQ)
         if len(images) < cfg.batch:
             raise InputError(f"fewer face images than the batch: {len(images)} images in '{data}', --batch {cfg.batch}")
         torch.manual_seed(cfg.seed)  # the extrinsic path's initialisation

@@ -195,11 +195,19 @@ def _run_stage(stage: str, *, checkpoints, out: Path, data, style, options: dict
         what = {"pretrain": "real face photos (the official FFHQ training set)"}.get(
             stage, "the style images (official data/<style>/images/train)")
         raise InputError(f"{stage} needs --data FOLDER: {what}")
+    from .lmdb_images import lmdb_folder
+
+    is_lmdb = lmdb_folder(data) is not None
+    if is_lmdb and stage in ("destylize", "finetune", "refine-exstyle"):
+        raise InputError(f"{stage} needs --data as a folder of image files: it keys the style codes by file name, "
+                         f"which an lmdb dataset does not keep (finetune-stylegan and pretrain read lmdb)")
     kwargs = dict(resume=resume, progress=progress, should_stop=should_stop)
 
     def faces() -> None:
-        """After every file is found (a missing one is the first thing to fix), before training."""
-        if data and options.get("face_check", True) and Path(data).is_dir():
+        """After every file is found (a missing one is the first thing to fix), before training.
+        Not over an lmdb: an official prepared set (FFHQ) is aligned already, and a pass over
+        it would decode the whole database."""
+        if data and options.get("face_check", True) and Path(data).is_dir() and not is_lmdb:
             check_faces(data, "face photos" if stage == "pretrain" else "style images")
 
     if stage == "finetune-stylegan":

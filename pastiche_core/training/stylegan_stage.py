@@ -24,6 +24,7 @@ from .common import Progress, ShouldStop, StageResult
 from .files import (STYLEGAN_FFHQ, discriminator_from_state, find_file, read_training_file, save_generator_files,
                     search_folders, stylegan2_from_state, stylegan2_size)
 from .gan import Epochs, GANConfig, GANStage, ImageSet, config_dict, g_nonsaturating_loss
+from .lmdb_images import open_images
 
 STAGE = "finetune-stylegan"
 PURPOSE = (f"rosinality's FFHQ StyleGAN2 ({STYLEGAN_FFHQ}, with its 'g', 'd' and 'g_ema'), the starting point of "
@@ -90,7 +91,7 @@ def finetune_stylegan(checkpoints, data, out, cfg: GANConfig | None = None, *, s
         path = Path(start) if start else find_file(STYLEGAN_FFHQ, search_folders(out, checkpoints, style), PURPOSE)
         ckpt = read_training_file(path, PURPOSE, ["g", "d", "g_ema"])
         size = stylegan2_size(ckpt["g_ema"], path)
-        images = ImageSet(data, size)
+        images = open_images(data, size)  # a folder of images or an official lmdb
         if len(images) < cfg.batch:
             raise InputError(f"fewer style images than the batch: {len(images)} images in '{data}', "
                              f"--batch {cfg.batch}")
