@@ -7,11 +7,12 @@ result back into graph outputs. No model maths here.
 Files: the stage reads and writes ``models/dualstylegan/<save_name>/`` (the run's output
 folder); further inputs are looked up in the input model's style folder and in
 ``models/dualstylegan/`` itself (``stylegan2-ffhq-config-f.pt``, ``encoder.pt``,
-``vgg19-dcbb9e9d.pth``, ``model_ir_se50.pth``), exactly as ``python -m pastiche_core train``
-does with ``--out``/``--checkpoints``/``--style``. Nothing is lost: a stage whose folder already
-has its training state runs only with ``resume`` (continue) or ``overwrite`` (start afresh), one
-run at a time holds the folder (the runner's lock), and ``data_folder`` must lie inside ComfyUI's
-input folder (workflows come from anywhere; they may not point training at other files).
+``vgg19-dcbb9e9d.pth``, ``vgg16-397923af.pth``, ``model_ir_se50.pth``), exactly as
+``python -m pastiche_core train`` does with ``--out``/``--checkpoints``/``--style``. Nothing is
+lost: a stage whose folder already has its training state runs only with ``resume`` (continue)
+or ``overwrite`` (start afresh), one run at a time holds the folder (the runner's lock), and
+``data_folder`` must lie inside ComfyUI's input folder (workflows come from anywhere; they may
+not point training at other files).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ DEFAULT_STAGE = STAGES[3]
 GAN_STAGES = ("finetune-stylegan", "pretrain", "finetune")
 TRAIN_IMAGES = "train_images"   # <out>/train_images: the exemplars written from the IMAGE input
 FACE_IMAGES = "face_images"     # <out>/face_images: pretrain's face photos
+LOSS_CHOICES = ("default", "lpips", "vgg", "pixel")  # "default": lpips, or a resumed run's own loss
 PREVIEW_MAX = 512               # ComfyUI's default --preview-size
 NO_PREVIEW = 10 ** 9            # sample_every when previews are only wanted at the end
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -232,9 +234,9 @@ class FineTuneStage(io.ComfyNode):
             description=("Runs one stage of DualStyleGAN's official training pipeline; chain six in order for a new "
                          "style: 1 finetune-stylegan, 2 destylize, 3 pretrain, 4 finetune, 5 refine-exstyle, "
                          "6 sampler, all with the same save_name. Writes into models/dualstylegan/<save_name>/ "
-                         "(inputs such as stylegan2-ffhq-config-f.pt, encoder.pt, vgg19-dcbb9e9d.pth and "
-                         "model_ir_se50.pth are found there, in the input model's style folder or in "
-                         "models/dualstylegan/). Shows progress with previews; Stop saves the state, rerun with "
+                         "(inputs such as stylegan2-ffhq-config-f.pt, encoder.pt, vgg19-dcbb9e9d.pth, "
+                         "vgg16-397923af.pth and model_ir_se50.pth are found there, in the input model's style "
+                         "folder or in models/dualstylegan/). Shows progress with previews; Stop saves the state, rerun with "
                          "resume on to continue. Outputs the trained style as a model once it has a generator."),
             inputs=[
                 DualStyleGANModel.Input("model", tooltip="From Load DualStyleGAN or a previous Fine-Tune Stage: gives "
@@ -290,6 +292,11 @@ class FineTuneStage(io.ComfyNode):
                                  tooltip="Start this stage afresh even though <save_name> already has its training "
                                          "state (a stopped or finished run): the state and the stage's outputs are "
                                          "replaced. Off (and resume off): such a run is refused, nothing is lost."),
+                io.Combo.Input("loss", options=list(LOSS_CHOICES), default=LOSS_CHOICES[0], optional=True,
+                               tooltip="destylize / refine-exstyle only: the image loss. default = lpips for a new "
+                                       "run (the official LPIPS; needs vgg16-397923af.pth in models/dualstylegan/), "
+                                       "and on resume the loss the run was started with. vgg = a VGG19 distance "
+                                       "without LPIPS's learned heads; pixel = L1, no network file."),
             ],
             outputs=[
                 DualStyleGANModel.Output(display_name="model",
@@ -325,11 +332,12 @@ class FineTuneStage(io.ComfyNode):
         save_name folder, which this node (and the stages chained with it) write: a stage must not
         run again on the next queue because its own outputs changed."""
         from pastiche_core.training.files import ENCODER, STYLEGAN_FFHQ
-        from pastiche_core.training.losses import IRSE50_FILE, VGG19_FILE
+        from pastiche_core.training.losses import IRSE50_FILE, VGG16_FILE, VGG19_FILE
 
         name = str(save_name or "").strip()
         outs = [Path(r) / name for r in model_roots()] if name else []
-        files = [Path(r) / f for r in model_roots() for f in (STYLEGAN_FFHQ, ENCODER, VGG19_FILE, IRSE50_FILE)]
+        files = [Path(r) / f for r in model_roots()
+                 for f in (STYLEGAN_FFHQ, ENCODER, VGG19_FILE, VGG16_FILE, IRSE50_FILE)]
         folder = (data_folder or "").strip()
         if folder:
             try:
@@ -356,7 +364,8 @@ class FineTuneStage(io.ComfyNode):
                 learning_rate: float = 0.0, style_loss: float = 0.25, contextual_loss: float = 0.25,
                 perceptual_loss: float = 1.0, identity_loss: float = 1.0, l2_reg_loss: float = 0.015,
                 augment: bool = False, seed: int = 0, save_name: str = "my_style", resume: bool = False,
-                preview_every: int = 0, data_folder: str = "", overwrite: bool = False) -> io.NodeOutput:
+                preview_every: int = 0, data_folder: str = "", overwrite: bool = False,
+                loss: str = "default") -> io.NodeOutput:
         import comfy.model_management as mm
         import torch
         from pastiche_core.errors import PasticheError
@@ -365,6 +374,8 @@ class FineTuneStage(io.ComfyNode):
         if stage not in STAGE_LABELS:
             raise PasticheNodeError(f"unknown stage {stage!r}; choose one of: {'; '.join(STAGES)}")
         key = STAGE_LABELS[stage]
+        if loss not in LOSS_CHOICES:
+            raise PasticheNodeError(f"unknown loss {loss!r}; choose one of: {', '.join(LOSS_CHOICES)}")
         name = check_save_name(save_name)
         mm.throw_exception_if_processing_interrupted()  # Stop pressed before this node started
         root = model.root
@@ -415,6 +426,8 @@ class FineTuneStage(io.ComfyNode):
                    "id_loss": identity_loss, "L2_reg_loss": l2_reg_loss}
         options = _options(key, int(iterations), int(batch_size), float(learning_rate), weights, bool(augment),
                            int(preview_every), notes)
+        if key in ("destylize", "refine-exstyle") and loss != "default":
+            options["loss"] = loss
         device = mm.get_torch_device()
         if getattr(device, "type", "cpu") != "cpu" and hasattr(mm, "unload_all_models"):
             mm.unload_all_models()  # training needs the accelerator's memory for itself

@@ -599,6 +599,35 @@ def test_finetune_stage_schema(nodes):
     assert schema.is_output_node  # a sink: runs for the files it writes, outputs connected or not
     assert info["output"] == ["DUALSTYLEGAN_MODEL", "IMAGE", "STRING"]
     assert info["output_name"] == ["model", "preview", "info"]
+    # last (older workflows keep their widget places); "default": lpips, or a resumed run's own loss
+    assert list(opt)[-1] == "loss" and opt["loss"][1]["options"] == ["default", "lpips", "vgg", "pixel"]
+    assert opt["loss"][1]["default"] == "default" and "vgg16-397923af.pth" in opt["loss"][1]["tooltip"]
+
+
+def test_finetune_stage_passes_the_loss_choice(nodes, demo, host, bank_folder, monkeypatch):
+    """destylize / refine-exstyle get the chosen loss; "default" leaves it to the runner (lpips for
+    a new run, the run's own loss on resume); the other stages never get one."""
+    from pastiche_core.errors import InputError
+    from pastiche_core.training import runner
+
+    seen = []
+
+    def fake_run_stage(stage, **kw):
+        seen.append((stage, kw["options"].get("loss")))
+        raise InputError("stopped by the test")
+    monkeypatch.setattr(runner, "run_stage", fake_run_stage)
+    tm = training_mod()
+    bank_folder("loss_choice")
+    for label, loss in ((tm.STAGES[1], "default"), (tm.STAGES[1], "vgg"), (tm.STAGES[4], "lpips"),
+                        (tm.STAGES[4], "pixel"), (tm.STAGES[0], "vgg")):
+        with pytest.raises(err(host), match="stopped by the test"):
+            nodes["PasticheFineTuneStage"].execute(model=demo, stage=label, images=face_image(),
+                                                   save_name="loss_choice", loss=loss)
+    assert seen == [("destylize", None), ("destylize", "vgg"), ("refine-exstyle", "lpips"),
+                    ("refine-exstyle", "pixel"), ("finetune-stylegan", None)]
+    with pytest.raises(err(host), match="unknown loss 'l2'"):
+        nodes["PasticheFineTuneStage"].execute(model=demo, stage=tm.STAGES[1], images=face_image(),
+                                               save_name="loss_choice", loss="l2")
 
 
 def test_training_workflow_chains_the_pipeline(nodes, checker):

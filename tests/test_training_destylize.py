@@ -11,7 +11,9 @@ Models, all with fixture-recipe weights:
   of 64 px built with narrow feature maps (32 channels at every resolution, by patching
   ``channel_counts`` while constructing them; the codes stay [10, 512]). A full-width 64 px
   generator costs ~1.2 s per optimisation step here; the algorithm does not depend on widths;
-* VGG19 (3 slices) and the IR-SE50 ID network (~0.9 s per step with gradients).
+* VGG19 (3 slices) and the IR-SE50 ID network (~0.9 s per step with gradients); the runs use
+  ``loss="vgg"`` unless they test the default, LPIPS (its VGG16 backbone from the fixture recipe as
+  in test_training_lpips.py, the real heads).
 
 The style images are renders of g' from random z+ codes (64 px PNGs), so stage II has
 something to recover.
@@ -36,6 +38,8 @@ from pastiche_core.training.checkpointing import load_state, state_path
 from pastiche_core.training.common import load_style_image
 from pastiche_core.training.destylize_stage import DestylizeConfig, destylize, get_lr
 from pastiche_core.training.losses import IDLoss, VGG19Features, vgg19_feature_shapes
+from pastiche_core.training.lpips import LPIPS, load_heads_file
+from test_training_lpips import fixture_backbone
 
 NAMES = ["a_face.png", "b_face.png"]  # sorted: the bank order
 ITERS = 4
@@ -89,13 +93,13 @@ def setup(tmp_path_factory):
         (data / "notes.txt").write_text("not an image")  # ignored: not an image suffix
         return {"root": root, "data": data, "original": original, "finetuned": finetuned,
                 "encoder": fixture_encoder(64, "z+"), "vgg": VGG19Features(3).load_features(vgg_state(3)),
-                "id_loss": id_network()}
+                "id_loss": id_network(), "lpips": LPIPS().load_backbone(fixture_backbone()).load_heads(load_heads_file())}
     finally:
         torch.set_num_threads(old)
 
 
 def cfg(**kw) -> DestylizeConfig:
-    base = dict(iters=ITERS, batch=1, size=64, save_every=100)
+    base = dict(iters=ITERS, batch=1, size=64, save_every=100, loss="vgg")
     base.update(kw)
     return DestylizeConfig(**base)
 
@@ -230,3 +234,64 @@ def test_input_errors(setup, tmp_path):
 
 class _WPlus:
     space, n_styles = "w+", 10
+
+
+# --------------------------------------------------------------------------------------------
+# The loss choice: lpips (the default), vgg, pixel
+# --------------------------------------------------------------------------------------------
+def test_lpips_is_the_default_and_its_network_is_required(setup, tmp_path):
+    assert DestylizeConfig().loss == "lpips"
+    with pytest.raises(InputError, match=r"'lpips' destylization loss needs the LPIPS network \(VGG16, "
+                                         r"vgg16-397923af\.pth\); or use loss='pixel'"):
+        run(setup, tmp_path / "o", DestylizeConfig(iters=1, size=64, id_weight=0.0), id_loss=None)
+    with pytest.raises(InputError, match="loss must be one of lpips, vgg, pixel, got 'l2'"):
+        run(setup, tmp_path / "o", cfg(loss="l2"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_lpips_loss_is_the_image_term(setup, tmp_path):
+    """The first step's image term is LPIPS(g'(z_e) with the image's noise maps, S), the
+    official ``percept(img_gen, imgs)``; the optimisation then lowers it."""
+    from pastiche_core.training.common import derived_seed, to_size
+
+    infos = []
+    result = run(setup, tmp_path, DestylizeConfig(iters=3, size=64, id_weight=0.0, save_every=100), id_loss=None,
+                 lpips=setup["lpips"], vgg=None, progress=lambda d, t, info: infos.append(info))
+    assert result.finished and any(note.startswith("loss: LPIPS (VGG16, the official)") for note in result.notes)
+    assert load_state(state_path(tmp_path, "destylize"))["config"]["loss"] == "lpips"
+    g = setup["finetuned"]
+    for k, name in enumerate(NAMES):
+        image = load_style_image(setup["data"] / name, 256)[None]
+        gen = torch.Generator().manual_seed(derived_seed(0, "noise", name))
+        noises = [torch.randn(shape, generator=gen) for shape in g.noise_shapes(1)]
+        with torch.no_grad():
+            z_e = setup["encoder"].encode(image).float()
+            expected = setup["lpips"](to_size(g(z_e, input_space="z", noise=noises), 64), to_size(image, 64))
+        steps = infos[3 * k:3 * k + 3]
+        assert steps[0]["image_loss"] == pytest.approx(float(expected), rel=1e-5, abs=1e-7)
+        assert steps[-1]["image_loss"] < steps[0]["image_loss"]
+
+
+def test_a_resumed_vgg_run_keeps_vgg(setup, tmp_path):
+    """A run started with the VGG19 distance before LPIPS existed (its state has 'loss': 'vgg' and
+    no 'lpips' entry) resumes with vgg when no loss is given; a new run gets lpips."""
+    from pastiche_core.training.checkpointing import save_state
+    from pastiche_core.training.runner import _loss_choice
+
+    stopped = run(setup, tmp_path, cfg(iters=1, **NO_ID), id_loss=None, should_stop=lambda: True)
+    assert stopped.stopped
+    path = state_path(tmp_path, "destylize")
+    state = load_state(path)
+    del state["config"]["lpips"]  # as written before LPIPS was added
+    save_state(path, state)
+    assert _loss_choice("destylize", {}, tmp_path, resume=True) == "vgg"
+    assert _loss_choice("destylize", {"loss": "pixel"}, tmp_path, resume=True) == "pixel"  # as given
+    assert _loss_choice("destylize", {}, tmp_path, resume=False) == "lpips"
+    assert _loss_choice("destylize", {}, tmp_path / "new", resume=True) == "lpips"
+    resumed = run(setup, tmp_path, cfg(iters=1, loss=_loss_choice("destylize", {}, tmp_path, True), **NO_ID),
+                  id_loss=None, resume=True)
+    assert resumed.finished and resumed.steps_done == 2
+    from pastiche_core.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="loss: checkpoint 'vgg', now 'lpips'"):
+        run(setup, tmp_path, cfg(iters=1, loss="lpips", **NO_ID), id_loss=None, lpips=setup["lpips"], resume=True)

@@ -5,7 +5,9 @@ The generator is a small DualStyleGAN (32 px, structure blocks up to 8 px) with 
 weights, saved as an official ``generator.pt``; a 256 px model costs ~15 s per step on this
 CPU, and the algorithm does not depend on the size. The style images are renders of the
 generator from perturbed codes, so the refinement has something to recover. VGG19 uses the
-fixture recipe over torchvision's key names (He-rescaled, see test_training.py).
+fixture recipe over torchvision's key names (He-rescaled, see test_training.py); so does LPIPS's
+VGG16 (see test_training_lpips.py; the heads are the real ones). The library-level runs use
+``loss="vgg"`` unless they test the default, LPIPS; the CLI runs use the CLI's default, lpips.
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ from pastiche_core.reference.fixture_weights import fixture_state_dict
 from pastiche_core.styles import StyleBank, read_npy_bank, write_npy_bank
 from pastiche_core.training.checkpointing import load_state, state_path
 from pastiche_core.training.losses import VGG19Features, vgg19_feature_shapes
+from pastiche_core.training.lpips import LPIPS, load_heads_file
 from pastiche_core.training.refine_stage import RefineConfig, refine_exstyle_codes
+from test_training_lpips import fixture_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["Cartoons_00038_07.jpg", "Cartoons_00167_01.png"]
@@ -72,8 +76,10 @@ def setup(tmp_path_factory):
     models = root / "models"
     models.mkdir()
     torch.save(vgg_state(5), models / "vgg19-dcbb9e9d.pth")
+    torch.save(fixture_backbone(), models / "vgg16-397923af.pth")
     vgg = VGG19Features(3).load_features(vgg_state(3))
     return {"root": root, "sdir": sdir, "data": data, "models": models, "vgg": vgg,
+            "lpips": LPIPS().load_backbone(fixture_backbone()).load_heads(load_heads_file()),
             "generator": load_dualstylegan(sdir / "generator.pt"),
             "exstyle": StyleBank.load(sdir / "exstyle_code.npy"), "instyle": StyleBank.load(sdir / "instyle_code.npy")}
 
@@ -83,7 +89,7 @@ def refine(s, out, cfg, **kw):
 
 
 def cfg(**kw) -> RefineConfig:
-    base = dict(iters=3, batch=1, size=32, lr_color=0.1, lr_structure=0.005, save_every=100)
+    base = dict(iters=3, batch=1, size=32, lr_color=0.1, lr_structure=0.005, save_every=100, loss="vgg")
     base.update(kw)
     return RefineConfig(**base)
 
@@ -199,7 +205,8 @@ def test_cli_refine_then_sampler(setup, tmp_path, monkeypatch, capsys):
                                 "--loss-models", setup["models"], "--iters", 2, "--size", 32, "--lr-preset", "readme")
     assert code == 0, err
     assert stdout.split() == [str(out / "refined_exstyle_code.npy"), str(out / "refined_exstyle_code.safetensors")]
-    assert "LPIPS" in err and "lr colour 0.1, structure 0.005" in err
+    assert "loss: LPIPS (VGG16, the official) + contextual loss" in err and "lr colour 0.1, structure 0.005" in err
+    assert load_state(state_path(out, "refine-exstyle"))["config"]["loss"] == "lpips"  # the default
     refined = StyleBank.load(out / "refined_exstyle_code.npy")
     assert refined.names == NAMES and not torch.equal(refined.codes, setup["exstyle"].codes)
     # the sampler stage picks up the refined bank from the same --out
@@ -217,13 +224,28 @@ def test_cli_missing_vgg19_fails_before_training(setup, tmp_path, monkeypatch, c
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     out = tmp_path / "out"
     code, stdout, err = run_cli(monkeypatch, capsys, "refine-exstyle", "--checkpoints", setup["root"] / "checkpoints",
-                                "--style", "toon", "--data", setup["data"], "--out", out, "--size", 32)
+                                "--style", "toon", "--data", setup["data"], "--out", out, "--size", 32, "--loss", "vgg")
     assert code == 2 and stdout == ""
     line = err.strip()
     assert line.startswith("error: missing vgg19-dcbb9e9d.pth (VGG19 ImageNet weights") and "\n" not in line
     assert "perceptual and contextual losses of refine-exstyle" in line and "--loss pixel" in line
     assert str(tmp_path / "torch" / "hub" / "checkpoints") in line
     assert not out.exists()  # nothing was trained or written
+    # the default, lpips: its VGG16 backbone first, then VGG19 for the contextual term
+    code, stdout, err = run_cli(monkeypatch, capsys, "refine-exstyle", "--checkpoints", setup["root"] / "checkpoints",
+                                "--style", "toon", "--data", setup["data"], "--out", out, "--size", 32)
+    line = err.strip()
+    assert code == 2 and stdout == "" and "\n" not in line
+    assert line.startswith("error: missing vgg16-397923af.pth (VGG16 ImageNet weights")
+    assert "refine-exstyle's LPIPS loss" in line and str(tmp_path / "torch" / "hub" / "checkpoints") in line
+    only16 = tmp_path / "only16"
+    only16.mkdir()
+    (only16 / "vgg16-397923af.pth").symlink_to(setup["models"] / "vgg16-397923af.pth")
+    code, _, err = run_cli(monkeypatch, capsys, "refine-exstyle", "--checkpoints", setup["root"] / "checkpoints",
+                           "--style", "toon", "--data", setup["data"], "--out", out, "--size", 32,
+                           "--loss-models", only16)
+    assert code == 2 and err.startswith("error: missing vgg19-dcbb9e9d.pth") and "contextual loss" in err
+    assert not out.exists()
     code, _, err = run_cli(monkeypatch, capsys, "refine-exstyle", "--checkpoints", setup["root"] / "checkpoints",
                            "--style", "toon", "--data", setup["data"], "--out", out, "--batch", 3,
                            "--loss-models", setup["models"], "--size", 32)
@@ -231,3 +253,63 @@ def test_cli_missing_vgg19_fails_before_training(setup, tmp_path, monkeypatch, c
     code, _, err = run_cli(monkeypatch, capsys, "refine-exstyle", "--checkpoints", setup["root"], "--style", "nope",
                            "--data", setup["data"], "--out", out, "--loss", "pixel")
     assert code == 2 and "missing generator.pt" in err
+
+
+# --------------------------------------------------------------------------------------------
+# The loss choice: lpips (the default), vgg, pixel
+# --------------------------------------------------------------------------------------------
+def test_lpips_loss_is_lpips_plus_contextual(setup, tmp_path):
+    """The first step's image term is LPIPS + CX(VGG19 relu3_1) of the render of the bank's code
+    with the exemplar's noise maps: the official ``percept(img_gen, imgs) + LCX``."""
+    from pastiche_core.training.common import derived_seed, load_style_image, to_size
+    from pastiche_core.training.losses import contextual_loss
+
+    assert RefineConfig().loss == "lpips"
+    with pytest.raises(InputError, match=r"'lpips' refinement loss needs the LPIPS network \(VGG16, "
+                                         r"vgg16-397923af\.pth\)"):
+        refine(setup, tmp_path, cfg(loss="lpips"))
+    infos = []
+    result = refine(setup, tmp_path, cfg(loss="lpips", iters=2), lpips=setup["lpips"],
+                    progress=lambda d, t, info: infos.append(info))
+    assert result.finished and any(n.startswith("loss: LPIPS (VGG16, the official) + contextual") for n in result.notes)
+    gen, lp, vgg = setup["generator"], setup["lpips"], setup["vgg"]
+    for k, name in enumerate(NAMES):
+        g = torch.Generator().manual_seed(derived_seed(0, "noise", name))
+        noises = [torch.randn(shape, generator=g) for shape in gen.generator.noise_shapes(1)]
+        target = load_style_image(setup["data"] / name, 32)[None]
+        with torch.no_grad():
+            image = to_size(gen(setup["instyle"][name], gen.map_exstyle(setup["exstyle"][k]), input_space="z",
+                                exstyle_space="w", interp_weights=[1.0] * gen.n_latent, noise=noises, use_res=True), 32)
+            expected = lp(image, target) + contextual_loss(vgg(image)[2], vgg(target)[2], 0.2, per_sample=True)
+        assert infos[2 * k]["image_loss"] == pytest.approx(float(expected), rel=1e-5, abs=1e-7)
+
+
+def test_cli_loss_choice_and_resume_keeps_the_runs_loss(setup, tmp_path, monkeypatch, capsys):
+    """--loss takes lpips|vgg|pixel; without it a new run is lpips and --resume keeps the loss the
+    run was started with (a vgg run, with a state as written before LPIPS existed)."""
+    from pastiche_core.training.checkpointing import save_state
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_hub"))
+    out = tmp_path / "out"
+    common = ["refine-exstyle", "--checkpoints", setup["root"] / "checkpoints", "--style", "toon", "--out", out,
+              "--data", setup["data"], "--loss-models", setup["models"], "--iters", 1, "--size", 32, "--quiet"]
+    code, _, err = run_cli(monkeypatch, capsys, *common, "--loss", "vgg")
+    assert code == 0, err
+    assert "loss: VGG19 perceptual distance" in err
+    path = state_path(out, "refine-exstyle")
+    state = load_state(path)
+    assert state["config"]["loss"] == "vgg"
+    del state["config"]["lpips"]  # as written before LPIPS was added
+    save_state(path, state)
+    code, _, err = run_cli(monkeypatch, capsys, *common, "--resume")
+    assert code == 0, err
+    assert "loss: VGG19 perceptual distance" in err  # kept vgg; lpips would have been refused
+    code, _, err = run_cli(monkeypatch, capsys, *common, "--resume", "--loss", "lpips")
+    assert code == 2 and "loss: checkpoint 'vgg', now 'lpips'" in err
+    code, _, err = run_cli(monkeypatch, capsys, *common, "--force", "--loss", "pixel")
+    assert code == 0 and "loss: L1 image loss" in err
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(monkeypatch, capsys, *common, "--loss", "l2")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: argument --loss: invalid choice: 'l2'")
+    assert err.replace("'", "").count("choose from lpips, vgg, pixel") == 1  # quoting differs between Pythons

@@ -11,7 +11,8 @@ DIR/NAME and DIR, so stages chained into one --out folder find each other's file
                      writes OUT/finetune-NNNNNN.pt (+ .safetensors); default 600 iterations
   destylize          intrinsic/extrinsic codes of the style images (destylize.py)
                      reads finetune-000600.pt (or the newest finetune-*.pt), stylegan2-ffhq-config-f.pt,
-                     encoder.pt, vgg19-dcbb9e9d.pth, model_ir_se50.pth; --data = style images
+                     encoder.pt, vgg16-397923af.pth (--loss lpips, the default), model_ir_se50.pth;
+                     --data = style images
                      writes OUT/instyle_code.npy, exstyle_code.npy (+ .safetensors); 300 iterations
   pretrain           stages I-II: DualStyleGAN on real faces (pretrain_dualstylegan.py)
                      reads stylegan2-ffhq-config-f.pt (g_ema, d), encoder.pt, vgg19-dcbb9e9d.pth;
@@ -22,7 +23,8 @@ DIR/NAME and DIR, so stages chained into one --out folder find each other's file
                      (+ generator-NNNNNN.pt, generator.safetensors); 1500 iterations
   refine-exstyle     refine the extrinsic codes (refine_exstyle.py)
                      reads generator.pt, exstyle_code.npy, instyle_code.npy (optional)
-                     and the style images in --data; needs vgg19-dcbb9e9d.pth (--loss vgg)
+                     and the style images in --data; needs vgg16-397923af.pth and vgg19-dcbb9e9d.pth
+                     (--loss lpips, the default; --loss vgg needs only VGG19, --loss pixel neither)
                      writes OUT/refined_exstyle_code.npy (+ .safetensors)
   sampler            train the random-style sampler (train_sampler.py)
                      reads refined_exstyle_code.npy, else exstyle_code.npy
@@ -72,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-every", type=int, metavar="N", help="steps between checkpoints")
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
     parser.add_argument("--loss-models", action="append", default=[], metavar="DIR",
-                        help="folder with the loss networks (vgg19-dcbb9e9d.pth, model_ir_se50.pth); searched "
+                        help="folder with the loss networks (vgg19-dcbb9e9d.pth, vgg16-397923af.pth, "
+                             "model_ir_se50.pth); searched "
                              "before DIR and the torch hub cache (repeatable)")
     parser.add_argument("--bank", metavar="FILE",
                         help="style bank to use (refine-exstyle: the encoder codes, default exstyle_code.npy; "
@@ -83,9 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "structure 0.005), readme = the README's example (colour 0.1, structure 0.005)")
     parser.add_argument("--lr-color", type=float, metavar="LR", help="refine-exstyle: colour-code learning rate")
     parser.add_argument("--lr-structure", type=float, metavar="LR", help="refine-exstyle: structure-code learning rate")
-    parser.add_argument("--loss", choices=("vgg", "pixel"), default="vgg",
-                        help="refine-exstyle: vgg = VGG19 perceptual + contextual loss (default; LPIPS is replaced "
-                             "by a VGG19 perceptual distance), pixel = L1 image loss (no VGG19 needed)")
+    parser.add_argument("--loss", choices=("lpips", "vgg", "pixel"), default=None,
+                        help="destylize / refine-exstyle image loss: lpips = the official LPIPS (needs "
+                             "vgg16-397923af.pth; refine-exstyle adds the VGG19 contextual loss), vgg = a VGG19 "
+                             "distance without LPIPS's learned heads, pixel = L1 (no network file). Default: lpips "
+                             "for a new run; --resume keeps the loss the run was started with")
     parser.add_argument("--lr", type=float, metavar="LR",
                         help="learning rate (finetune-stylegan/pretrain/finetune: 0.002; destylize: 0.1)")
     parser.add_argument("--start", metavar="FILE",

@@ -31,11 +31,12 @@ we leave it out).
 
 Differences from the official script, on purpose:
 
-* **LPIPS is not available offline** (its VGG16 + linear-head weights cannot be fetched here),
-  so the perceptual term is :func:`~.losses.perceptual_distance` on VGG19 relu1_1..relu5_1: the
-  LPIPS formula (unit-normalised channels, squared difference, spatial mean, summed over layers)
-  without LPIPS's learned per-channel weights. ``loss="pixel"`` (no VGG19 file needed) uses an
-  L1 image loss at two scales instead. The ID loss is the official one (IR-SE50).
+* The perceptual term is chosen by ``loss``: ``"lpips"`` (default) is the official LPIPS-VGG
+  (:class:`~.lpips.LPIPS`: VGG16 ``vgg16-397923af.pth`` + the v0.1 linear heads shipped with the
+  package); ``"vgg"`` is :func:`~.losses.perceptual_distance` on VGG19 relu1_1..relu5_1 (the LPIPS
+  formula without the learned heads: what runs made before LPIPS was available used, so they
+  resume with it); ``"pixel"`` (no network file) an L1 image loss at two scales. The ID loss is
+  the official one (IR-SE50).
 * Every term is computed per image and summed over the batch. The official script sums LPIPS
   over the batch but averages the ID loss, the code regulariser and the noise penalty over it
   and re-normalises each noise layer over the whole batch, which couples the images of a batch
@@ -68,7 +69,7 @@ from . import distributed as D
 from .checkpointing import load_state, make_state, restore_rng, save_state, state_path
 from .common import (IMAGE_SUFFIXES, check_compatible, derived_seed, load_style_image, pixel_loss, Progress,
                      ShouldStop, StageResult, tensor_fingerprint, to_size)
-from .losses import IRSE50_FILE, VGG19_FILE, IDLoss, VGG19Features, noise_normalize_, noise_regularize, \
+from .losses import IRSE50_FILE, VGG16_FILE, VGG19_FILE, IDLoss, VGG19Features, noise_normalize_, noise_regularize, \
     perceptual_distance
 
 STAGE = "destylize"
@@ -79,7 +80,7 @@ INSTYLE_SAFETENSORS = "instyle_code.safetensors"
 VIS_DIR = "destylization"
 COLOR_START = 8        # official: latent[:, 8:18] = latent_e[:, 8:18] (note: 8, not 7)
 IMAGE_SIZE = 256       # the encoder's input and the official image size
-LOSSES = ("vgg", "pixel")
+LOSSES = ("lpips", "vgg", "pixel")
 
 
 @dataclass
@@ -92,7 +93,7 @@ class DestylizeConfig:
     noise_weight: float = 1e5
     reg_weight: float = 1.0     # mean over channels of the std over layers of z
     size: int = 256             # loss resolution
-    loss: str = "vgg"           # "vgg" (VGG19 perceptual distance, LPIPS substitute) or "pixel" (L1, no VGG19 needed)
+    loss: str = "lpips"         # "lpips" (official), "vgg" (VGG19 distance without LPIPS's heads) or "pixel" (L1)
     seed: int = 0
     save_every: int = 20
     device: str = "cpu"
@@ -149,7 +150,7 @@ def _model_fingerprint(model: torch.nn.Module | None) -> str | None:
 
 def destylize(finetuned, original, encoder, data: str | os.PathLike, out_dir: str | os.PathLike,
               config: DestylizeConfig | None = None, *, vgg: VGG19Features | None = None,
-              id_loss: IDLoss | None = None, resume: bool = False, progress: Progress | None = None,
+              id_loss: IDLoss | None = None, lpips=None, resume: bool = False, progress: Progress | None = None,
               should_stop: ShouldStop | None = None, dist_ctx: D.DistContext | None = None) -> StageResult:
     """Destylize every style image in ``data``; write ``exstyle_code`` / ``instyle_code`` banks
     (``.npy`` official format and ``.safetensors``) into ``out_dir``.
@@ -157,7 +158,8 @@ def destylize(finetuned, original, encoder, data: str | os.PathLike, out_dir: st
     finetuned: ``g'``, the StyleGAN2 :class:`~pastiche_core.models.Generator` fine-tuned on the
     style. original: ``g``, the FFHQ StyleGAN2 generator (same size). encoder: the pSp encoder
     in **z+** (:class:`~pastiche_core.models.psp.PSPEncoder`, ``encoder.pt``) with as many code
-    rows as the generators. ``vgg`` is required for ``config.loss == "vgg"``, ``id_loss``
+    rows as the generators. ``lpips`` (:class:`~.lpips.LPIPS`) is required for ``config.loss ==
+    "lpips"``, ``vgg`` for ``"vgg"``, ``id_loss``
     (IR-SE50, ``model_ir_se50.pth``) when ``config.id_weight > 0``.
 
     ``progress(done, total, info)`` after every step (rank 0), ``should_stop()`` polled before
@@ -167,8 +169,9 @@ def destylize(finetuned, original, encoder, data: str | os.PathLike, out_dir: st
     cfg = config or DestylizeConfig()
     ctx = dist_ctx or D.setup(cfg.device)
     try:
-        return _destylize(finetuned, original, encoder, Path(data), Path(out_dir), cfg, vgg, id_loss, ctx, resume,
-                          progress, should_stop)
+        perceptual = {"lpips": lpips, "vgg": vgg}.get(cfg.loss)
+        return _destylize(finetuned, original, encoder, Path(data), Path(out_dir), cfg, perceptual, id_loss, ctx,
+                          resume, progress, should_stop)
     finally:
         if dist_ctx is None:
             D.cleanup(ctx)
@@ -208,8 +211,9 @@ def _validate(finetuned, original, encoder, cfg: DestylizeConfig, vgg, id_loss, 
                          f"[{finetuned.n_latent}, {finetuned.style_dim}] codes")
     if cfg.size > finetuned.size or cfg.size < 16:
         raise InputError(f"--size {cfg.size} must be between 16 and the generator's resolution ({finetuned.size})")
-    if cfg.loss == "vgg" and vgg is None:
-        raise InputError(f"the 'vgg' destylization loss needs the VGG19 network ({VGG19_FILE}; or use loss='pixel')")
+    if cfg.loss != "pixel" and vgg is None:
+        net = (f"LPIPS network (VGG16, {VGG16_FILE})" if cfg.loss == "lpips" else f"VGG19 network ({VGG19_FILE})")
+        raise InputError(f"the '{cfg.loss}' destylization loss needs the {net}; or use loss='pixel'")
     if cfg.id_weight > 0 and id_loss is None:
         raise InputError(f"the identity loss (id_weight {cfg.id_weight:g}) needs the ArcFace IR-SE50 network "
                          f"({IRSE50_FILE}, shipped with the official checkpoints); or set id_weight 0")
@@ -225,15 +229,11 @@ def _validate(finetuned, original, encoder, cfg: DestylizeConfig, vgg, id_loss, 
     if cfg.batch > 1:
         notes.append("every loss term is computed per image and summed over the batch (the official script "
                      "averages the ID, regulariser and noise terms over the batch, which couples its images)")
-    if cfg.loss == "vgg":
-        notes.append("loss: VGG19 perceptual distance (LPIPS formula without its learned heads; LPIPS weights are "
-                     "not available offline)"
-                     + (f" + {cfg.id_weight:g} * ID loss (IR-SE50)" if cfg.id_weight > 0 else "")
-                     + " + z+ regulariser + noise regularisation")
-    else:
-        notes.append("loss: L1 image loss at two scales (no VGG19; not the official LPIPS)"
-                     + (f" + {cfg.id_weight:g} * ID loss (IR-SE50)" if cfg.id_weight > 0 else "")
-                     + " + z+ regulariser + noise regularisation")
+    image_term = {"lpips": "LPIPS (VGG16, the official)",
+                  "vgg": "VGG19 perceptual distance (LPIPS formula without its learned heads; not the official LPIPS)",
+                  "pixel": "L1 image loss at two scales (not the official LPIPS)"}[cfg.loss]
+    notes.append(f"loss: {image_term}" + (f" + {cfg.id_weight:g} * ID loss (IR-SE50)" if cfg.id_weight > 0 else "")
+                 + " + z+ regulariser + noise regularisation")
     return notes
 
 
@@ -285,7 +285,7 @@ def _destylize(finetuned, original, encoder, data: Path, out: Path, cfg: Destyli
     finetuned = finetuned.to(device).eval().requires_grad_(False)
     original = original.to(device).eval().requires_grad_(False)
     encoder = encoder.to(device).eval().requires_grad_(False)
-    if vgg is not None and cfg.loss == "vgg":
+    if vgg is not None and cfg.loss != "pixel":  # the chosen loss's network: LPIPS or VGG19
         vgg = vgg.to(device).eval()
     use_id = cfg.id_weight > 0
     if use_id:
@@ -298,6 +298,7 @@ def _destylize(finetuned, original, encoder, data: Path, out: Path, cfg: Destyli
                   "finetuned": _model_fingerprint(finetuned), "original": _model_fingerprint(original),
                   "encoder": _model_fingerprint(encoder),
                   "vgg": _model_fingerprint(vgg) if cfg.loss == "vgg" else None,
+                  "lpips": _model_fingerprint(vgg) if cfg.loss == "lpips" else None,
                   "id_loss": _model_fingerprint(id_loss) if use_id else None}
     ckpt = state_path(out, STAGE)
     finished: dict[str, dict[str, torch.Tensor]] = {"exstyle": {}, "instyle": {}}
@@ -307,7 +308,7 @@ def _destylize(finetuned, original, encoder, data: Path, out: Path, cfg: Destyli
     if resume and ckpt.is_file():
         state = load_state(ckpt, STAGE)
         keys = ["iters", "batch", "truncation", "lr", "id_weight", "noise_weight", "reg_weight", "size", "loss",
-                "seed", "names", "images", "finetuned", "original", "encoder", "vgg", "id_loss"]
+                "seed", "names", "images", "finetuned", "original", "encoder", "vgg", "lpips", "id_loss"]
         ex = state["extra"]
         if ex["ranks"] is not None:
             keys.append("world_size")  # a batch in progress is split by rank
@@ -365,7 +366,8 @@ def _destylize(finetuned, original, encoder, data: Path, out: Path, cfg: Destyli
             opt.load_state_dict(pending["optimizer"])
             pending = None
         with torch.no_grad():
-            target_feats = vgg(targets) if cfg.loss == "vgg" else None
+            target_feats = (vgg(targets) if cfg.loss == "vgg" else vgg.features(targets) if cfg.loss == "lpips"
+                            else None)
 
         def snapshot():
             sd = opt.state_dict()
@@ -387,6 +389,8 @@ def _destylize(finetuned, original, encoder, data: Path, out: Path, cfg: Destyli
                 image = to_size(image, cfg.size)
                 if cfg.loss == "vgg":
                     image_terms = perceptual_distance(vgg(image), target_feats)
+                elif cfg.loss == "lpips":
+                    image_terms = vgg.distance(vgg.features(image), target_feats)
                 else:
                     image_terms = pixel_loss(image, targets)
                 id_terms = (id_loss(image, images, per_sample=True) if use_id

@@ -48,6 +48,7 @@ from ..errors import CheckpointError
 # Finding the pretrained files
 # --------------------------------------------------------------------------------------------
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
+VGG16_FILE = "vgg16-397923af.pth"  # LPIPS's backbone (see .lpips)
 IRSE50_FILE = "model_ir_se50.pth"
 
 NETWORKS = {
@@ -57,6 +58,14 @@ NETWORKS = {
         "what": "VGG19 ImageNet weights (torchvision's model-zoo file)",
         "origin": "torchvision downloads it as ~/.cache/torch/hub/checkpoints/vgg19-dcbb9e9d.pth "
                   "(torchvision.models.vgg19(weights='IMAGENET1K_V1')); copy it from any machine that has it",
+    },
+    "vgg16": {
+        "file": VGG16_FILE,
+        "patterns": ("vgg16-*.pth", "vgg16.pth"),
+        "what": "VGG16 ImageNet weights (torchvision's model-zoo file), the backbone of the LPIPS distance",
+        "origin": "torchvision downloads it as ~/.cache/torch/hub/checkpoints/vgg16-397923af.pth "
+                  "(torchvision.models.vgg16(weights='IMAGENET1K_V1'), also what the lpips package loads); "
+                  "copy it from any machine that has it",
     },
     "irse50": {
         "file": IRSE50_FILE,
@@ -78,7 +87,7 @@ def hub_checkpoint_dir() -> Path:
 
 def find_loss_network(name: str, folders: Sequence[str | os.PathLike] = (), *, purpose: str = "training",
                       use_hub_cache: bool = True) -> Path:
-    """Path of the pretrained file for network ``name`` (``"vgg19"`` or ``"irse50"``).
+    """Path of the pretrained file for network ``name`` (``"vgg19"``, ``"vgg16"`` or ``"irse50"``).
 
     Searches ``folders`` in order, then the torch hub cache. Raises
     :class:`MissingLossNetworkError` naming the file, ``purpose`` and the places to put it.
@@ -370,7 +379,7 @@ def noise_normalize_(noises: Sequence[torch.Tensor], per_sample: bool = False) -
         noise.sub_(mean).div_(std)
 
 
-__all__ = ["IDLoss", "IRSE50_FILE", "MissingLossNetworkError", "NETWORKS", "VGG19Features", "VGG19_FILE",
+__all__ = ["IDLoss", "IRSE50_FILE", "MissingLossNetworkError", "NETWORKS", "VGG16_FILE", "VGG19Features", "VGG19_FILE",
            "VGG_LAYER_NAMES", "VGG_SLICES", "contextual_loss", "find_loss_network", "hub_checkpoint_dir",
            "load_id_loss", "load_vgg19", "noise_normalize_", "noise_regularize", "perceptual_distance",
            "perceptual_l1", "style_loss", "vgg19_feature_shapes", "vgg19_layers"]

@@ -16,11 +16,12 @@ as ``refined_exstyle_code.npy`` (official format) and ``refined_exstyle_code.saf
 
 Differences from the official script, on purpose:
 
-* **LPIPS is not available offline** (its VGG16 + linear-head weights cannot be fetched here),
-  so the perceptual term is :func:`~.losses.perceptual_distance` on VGG19 relu1_1..relu5_1: the
-  LPIPS formula (unit-normalised channels, squared difference, spatial mean, summed over layers)
-  without LPIPS's learned per-channel weights. The contextual term is the official one.
-  ``loss="pixel"`` (no VGG19 file needed) uses an L1 image loss at two scales instead.
+* The perceptual term is chosen by ``loss``: ``"lpips"`` (default) is the official LPIPS-VGG
+  (:class:`~.lpips.LPIPS`, VGG16 ``vgg16-397923af.pth`` + the v0.1 heads shipped with the
+  package); ``"vgg"`` is :func:`~.losses.perceptual_distance` on VGG19 relu1_1..relu5_1 (the LPIPS
+  formula without the learned heads: what runs made before LPIPS was available used, so they
+  resume with it). Both add the official contextual term (VGG19). ``loss="pixel"`` (no network
+  file) uses an L1 image loss at two scales instead.
 * Every term is computed per image and summed over the batch (the official averages the CX
   loss, the noise penalty and the noise re-normalisation over the batch, which couples the
   images of a batch); for the official default ``--batch 1`` both are the same. This makes an
@@ -44,7 +45,7 @@ from . import distributed as D
 from .checkpointing import load_state, make_state, restore_rng, save_state, state_path
 from .common import (check_compatible, derived_seed, find_style_images, load_style_image, pixel_loss, Progress,
                      ShouldStop, StageResult, tensor_fingerprint, to_size)
-from .losses import VGG19Features, contextual_loss, noise_normalize_, noise_regularize, perceptual_distance
+from .losses import VGG16_FILE, VGG19Features, contextual_loss, noise_normalize_, noise_regularize, perceptual_distance
 
 STAGE = "refine-exstyle"
 BANK_NPY = "refined_exstyle_code.npy"
@@ -53,7 +54,7 @@ N_STRUCTURE = 7
 # name -> (lr_color, lr_structure)
 LR_PRESETS = {"script": (0.01, 0.005),   # refine_exstyle.py argparse defaults
               "readme": (0.1, 0.005)}    # the README's example command (--lr_color 0.1)
-LOSSES = ("vgg", "pixel")
+LOSSES = ("lpips", "vgg", "pixel")
 
 
 @dataclass
@@ -68,7 +69,7 @@ class RefineConfig:
     perc_weight: float = 1.0
     cx_band_width: float = 0.2
     size: int = 256                # resolution the losses compare at (official 256)
-    loss: str = "vgg"              # "vgg" (perceptual + contextual) or "pixel" (L1, no VGG19 needed)
+    loss: str = "lpips"            # "lpips" (official LPIPS + contextual), "vgg" (VGG19 distance + contextual), "pixel"
     seed: int = 0
     save_every: int = 20           # steps between checkpoints (and one when stopped / at the end)
     device: str = "cpu"
@@ -76,44 +77,54 @@ class RefineConfig:
 
 
 def refine_loss_terms(image: torch.Tensor, target_feats, target: torch.Tensor, vgg: VGG19Features | None,
-                      cfg: RefineConfig) -> torch.Tensor:
-    """Per-image image-matching loss ``[B]`` (without the noise penalty)."""
+                      cfg: RefineConfig, lpips=None, target_lpips=None) -> torch.Tensor:
+    """Per-image image-matching loss ``[B]`` (without the noise penalty). ``target_lpips``:
+    ``lpips.features(target)`` for ``cfg.loss == "lpips"``."""
     if cfg.loss == "pixel":
         return pixel_loss(image, target)
     feats = vgg(image)
-    return (cfg.perc_weight * perceptual_distance(feats, target_feats)
+    perceptual = (lpips.distance(lpips.features(image), target_lpips) if cfg.loss == "lpips"
+                  else perceptual_distance(feats, target_feats))
+    return (cfg.perc_weight * perceptual
             + cfg.cx_weight * contextual_loss(feats[2], target_feats[2].detach(), cfg.cx_band_width, per_sample=True))
 
 
 
 def refine_exstyle_codes(generator, exstyle: StyleBank, instyle: StyleBank | None, data: str | os.PathLike,
                          out_dir: str | os.PathLike, config: RefineConfig | None = None, *,
-                         vgg: VGG19Features | None = None, resume: bool = False, progress: Progress | None = None,
+                         vgg: VGG19Features | None = None, lpips=None, resume: bool = False,
+                         progress: Progress | None = None,
                          should_stop: ShouldStop | None = None, dist_ctx: D.DistContext | None = None) -> StageResult:
     """Refine every code of ``exstyle`` against ``generator`` (a DualStyleGAN) and the style
     images in ``data`` (files named by the bank keys); write the refined bank into ``out_dir``.
 
     ``instyle``: the destylized intrinsic codes (``instyle_code.npy``); ``None`` uses each
     exemplar's own extrinsic code as its intrinsic code (Pastiche's faithful-exemplar mode).
-    ``vgg`` is required for ``config.loss == "vgg"``. Callbacks and ``resume`` as in
+    ``vgg`` (VGG19) is required unless ``config.loss == "pixel"``, ``lpips``
+    (:class:`~.lpips.LPIPS`) for ``"lpips"``. Callbacks and ``resume`` as in
     :func:`~.sampler_stage.train_sampler`.
     """
     cfg = config or RefineConfig()
     ctx = dist_ctx or D.setup(cfg.device)
     try:
         return _refine(generator, exstyle, instyle, Path(data), Path(out_dir), cfg, vgg, ctx, resume, progress,
-                       should_stop)
+                       should_stop, lpips)
     finally:
         if dist_ctx is None:
             D.cleanup(ctx)
 
 
-def _validate(generator, exstyle: StyleBank, instyle: StyleBank | None, cfg: RefineConfig, vgg, world: int) -> list[str]:
+def _validate(generator, exstyle: StyleBank, instyle: StyleBank | None, cfg: RefineConfig, vgg, world: int,
+              lpips=None) -> list[str]:
     notes = []
     if cfg.loss not in LOSSES:
         raise InputError(f"loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
-    if cfg.loss == "vgg" and vgg is None:
-        raise InputError("the 'vgg' refinement loss needs the VGG19 network (or use loss='pixel')")
+    if cfg.loss != "pixel" and vgg is None:
+        raise InputError(f"the '{cfg.loss}' refinement loss needs the VGG19 network (its contextual term; or use "
+                         f"loss='pixel')")
+    if cfg.loss == "lpips" and lpips is None:
+        raise InputError(f"the 'lpips' refinement loss needs the LPIPS network (VGG16, {VGG16_FILE}); or use "
+                         f"loss='vgg' or 'pixel'")
     if exstyle.space != "z+":
         raise InputError(f"refine-exstyle refines z+ bank codes; this bank is {exstyle.space}")
     n = len(exstyle)
@@ -146,18 +157,21 @@ def _validate(generator, exstyle: StyleBank, instyle: StyleBank | None, cfg: Ref
         if missing:
             raise InputError(f"{len(missing)} exemplars of the extrinsic bank have no intrinsic code in the instyle "
                              f"bank (e.g. {', '.join(missing[:3])})")
-    if cfg.loss == "vgg":
-        notes.append("loss: VGG19 perceptual distance (LPIPS formula without its learned heads; LPIPS weights are "
-                     "not available offline) + contextual loss on VGG19 relu3_1 (band width 0.2, cosine) + noise "
-                     "regularisation")
+    if cfg.loss == "lpips":
+        notes.append("loss: LPIPS (VGG16, the official) + contextual loss on VGG19 relu3_1 (band width 0.2, cosine) "
+                     "+ noise regularisation")
+    elif cfg.loss == "vgg":
+        notes.append("loss: VGG19 perceptual distance (LPIPS formula without its learned heads; not the official "
+                     "LPIPS) + contextual loss on VGG19 relu3_1 (band width 0.2, cosine) + noise regularisation")
     else:
         notes.append("loss: L1 image loss at two scales + noise regularisation (no VGG19; not the official loss)")
     return notes
 
 
 def _refine(generator, exstyle: StyleBank, instyle: StyleBank | None, data: Path, out: Path, cfg: RefineConfig,
-            vgg: VGG19Features | None, ctx: D.DistContext, resume: bool, progress, should_stop) -> StageResult:
-    notes = _validate(generator, exstyle, instyle, cfg, vgg, ctx.world_size)
+            vgg: VGG19Features | None, ctx: D.DistContext, resume: bool, progress, should_stop,
+            lpips=None) -> StageResult:
+    notes = _validate(generator, exstyle, instyle, cfg, vgg, ctx.world_size, lpips)
     device = ctx.device
     names = exstyle.names
     paths = find_style_images(data, names)  # all present, checked before any work
@@ -178,6 +192,8 @@ def _refine(generator, exstyle: StyleBank, instyle: StyleBank | None, data: Path
     generator = generator.to(device).eval().requires_grad_(False)
     if vgg is not None:
         vgg = vgg.to(device).eval()
+    if cfg.loss == "lpips":
+        lpips = lpips.to(device).eval()
     n_latent = generator.n_latent
     weights = [1.0] * n_latent
 
@@ -188,7 +204,9 @@ def _refine(generator, exstyle: StyleBank, instyle: StyleBank | None, data: Path
                   "bank": tensor_fingerprint(exstyle.codes), "names": list(names),
                   "instyle": tensor_fingerprint(instyle.codes) if instyle is not None else None,
                   "generator": tensor_fingerprint(*[v for v in generator.state_dict().values()
-                                                     if v.is_floating_point()][:8])}
+                                                     if v.is_floating_point()][:8]),
+                  "lpips": (tensor_fingerprint(*list(lpips.state_dict().values())[-8:]) if cfg.loss == "lpips"
+                            else None)}
     ckpt = state_path(out, STAGE)
     finished: dict[str, torch.Tensor] = {}
     losses: list[float] = []
@@ -197,7 +215,7 @@ def _refine(generator, exstyle: StyleBank, instyle: StyleBank | None, data: Path
     if resume and ckpt.is_file():
         state = load_state(ckpt, STAGE)
         keys = ["iters", "batch", "lr_color", "lr_structure", "lr_noise", "noise_weight", "cx_weight", "perc_weight",
-                "cx_band_width", "size", "loss", "seed", "bank", "names", "instyle", "generator"]
+                "cx_band_width", "size", "loss", "seed", "bank", "names", "instyle", "generator", "lpips"]
         ex = state["extra"]
         if int(ex["iter"]) > 0:
             keys.append("world_size")  # a batch in progress is split by rank
@@ -246,7 +264,8 @@ def _refine(generator, exstyle: StyleBank, instyle: StyleBank | None, data: Path
             opt.load_state_dict(pending["optimizer"])
             pending = None
         with torch.no_grad():
-            target_feats = vgg(images) if cfg.loss == "vgg" else None
+            target_feats = vgg(images) if cfg.loss != "pixel" else None
+            target_lpips = lpips.features(images) if cfg.loss == "lpips" else None
 
         def snapshot():
             return {"structure": structure.detach().cpu().clone(), "color": color.detach().cpu().clone(),
@@ -265,7 +284,7 @@ def _refine(generator, exstyle: StyleBank, instyle: StyleBank | None, data: Path
                 image = generator(in_codes, generator.map_exstyle(code), input_space="z", exstyle_space="w",
                                   interp_weights=weights, noise=noises, use_res=True)
                 image = to_size(image, cfg.size)
-                image_terms = refine_loss_terms(image, target_feats, images, vgg, cfg)
+                image_terms = refine_loss_terms(image, target_feats, images, vgg, cfg, lpips, target_lpips)
                 noise_terms = cfg.noise_weight * noise_regularize(noises, per_sample=True)
                 loss = (image_terms + noise_terms).sum()
                 opt.zero_grad(set_to_none=True)

@@ -187,6 +187,18 @@ def run_stage(stage: str, *, checkpoints: str | os.PathLike, out: str | os.PathL
                           save_every=save_every, progress=progress, should_stop=should_stop)
 
 
+def _loss_choice(stage: str, options: Mapping, out: Path, resume: bool) -> str:
+    """destylize / refine-exstyle ``loss``: as given; else, resuming, the loss the run was started
+    with (runs from before LPIPS store 'vgg' or 'pixel'); else 'lpips', the official loss."""
+    if options.get("loss"):
+        return options["loss"]
+    from .checkpointing import load_state, state_path
+
+    if resume and state_path(out, stage).is_file():
+        return load_state(state_path(out, stage), stage)["config"].get("loss") or "vgg"
+    return "lpips"
+
+
 def _run_stage(stage: str, *, checkpoints, out: Path, data, style, options: dict, seed: int, resume: bool,
                device: str, loss_models, save_every, progress, should_stop) -> StageResult:
     folders = search_folders(out, checkpoints, style)
@@ -222,6 +234,7 @@ def _run_stage(stage: str, *, checkpoints, out: Path, data, style, options: dict
         from .destylize_stage import DestylizeConfig, destylize
         from .files import STYLEGAN_FFHQ
         from .losses import load_id_loss, load_vgg19
+        from .lpips import load_lpips
 
         # An explicit --model-name, else the newest finetune-NNNNNN.pt of the first folder that has
         # one (out first): finetune-000600.pt after the official 600 iterations, and never a stale
@@ -241,19 +254,21 @@ def _run_stage(stage: str, *, checkpoints, out: Path, data, style, options: dict
                                                      "the realistic faces with")
         cfg = DestylizeConfig(iters=int(_opt(options, stage, "iters")), batch=int(_opt(options, stage, "batch")),
                               lr=float(_opt(options, stage, "lr")), truncation=float(_opt(options, stage, "truncation")),
-                              seed=seed, device=device, loss=options.get("loss") or "vgg")
+                              seed=seed, device=device, loss=_loss_choice(stage, options, out, resume))
         if options.get("id_weight") is not None:
             cfg.id_weight = float(options["id_weight"])
         if save_every is not None:
             cfg.save_every = save_every
-        vgg = (load_vgg19(net_folders, n_slices=5, purpose="destylize's perceptual loss (or use --loss pixel)")
+        vgg = (load_vgg19(net_folders, n_slices=5, purpose="destylize's --loss vgg (or use --loss pixel)")
                if cfg.loss == "vgg" else None)
+        lpips = (load_lpips(net_folders, purpose="destylize's LPIPS loss (--loss lpips, the default; or use --loss "
+                                                 "pixel)") if cfg.loss == "lpips" else None)
         id_loss = load_id_loss(net_folders, purpose="destylize's identity loss") if cfg.id_weight > 0 else None
         encoder = _encoder(folders, device, "destylize")
         g_prime, _ = load_stylegan2(gprime)
         g_orig, _ = load_stylegan2(original)
         faces()
-        result = destylize(g_prime, g_orig, encoder, data, out, cfg, vgg=vgg, id_loss=id_loss, **kwargs)
+        result = destylize(g_prime, g_orig, encoder, data, out, cfg, vgg=vgg, id_loss=id_loss, lpips=lpips, **kwargs)
         result.notes.append(f"g' = {gprime}; g = {original}")
         return result
 
@@ -287,6 +302,7 @@ def _run_stage(stage: str, *, checkpoints, out: Path, data, style, options: dict
         from ..checkpoints import load_dualstylegan
         from .common import first_existing
         from .losses import load_vgg19
+        from .lpips import load_lpips
         from .refine_stage import RefineConfig, lr_preset, refine_exstyle_codes
 
         gen_path = options.get("start")
@@ -308,20 +324,24 @@ def _run_stage(stage: str, *, checkpoints, out: Path, data, style, options: dict
                 instyle = None
         lr_color, lr_structure = lr_preset(options.get("lr_preset") or "script")
         cfg = RefineConfig(iters=int(_opt(options, stage, "iters")), batch=int(_opt(options, stage, "batch")),
-                           size=int(options.get("size") or 256), loss=options.get("loss") or "vgg", seed=seed,
+                           size=int(options.get("size") or 256), loss=_loss_choice(stage, options, out, resume), seed=seed,
                            device=device,
                            lr_color=float(options["lr_color"]) if options.get("lr_color") is not None else lr_color,
                            lr_structure=(float(options["lr_structure"]) if options.get("lr_structure") is not None
                                          else lr_structure))
         if save_every is not None:
             cfg.save_every = save_every
-        vgg = None
-        if cfg.loss == "vgg":
+        vgg = lpips = None
+        if cfg.loss == "lpips":
+            lpips = load_lpips(net_folders, purpose="refine-exstyle's LPIPS loss (--loss lpips, the default; or use "
+                                                    "--loss vgg or pixel)")
+        if cfg.loss != "pixel":
             vgg = load_vgg19(net_folders, n_slices=5,
-                             purpose="the perceptual and contextual losses of refine-exstyle (or use --loss pixel)")
+                             purpose=("the contextual loss of refine-exstyle" if cfg.loss == "lpips" else
+                                      "the perceptual and contextual losses of refine-exstyle") + " (or use --loss pixel)")
         generator = load_dualstylegan(gen_path)
         faces()
-        result = refine_exstyle_codes(generator, exstyle, instyle, data, out, cfg, vgg=vgg, **kwargs)
+        result = refine_exstyle_codes(generator, exstyle, instyle, data, out, cfg, vgg=vgg, lpips=lpips, **kwargs)
         result.notes.append(f"{len(exstyle)} codes from {ex_path}; generator {gen_path}; "
                             f"lr colour {cfg.lr_color}, structure {cfg.lr_structure}")
         return result

@@ -3,9 +3,10 @@
 ``<style>/exstyle_code.npy``, ``<style>/sampler.pt``. Used by the real-ComfyUI test.
 
 With ``--training`` it also writes the inputs of the training stages, at the same 256 px:
-``stylegan2-ffhq-config-f.pt`` (``g``, ``d``, ``g_ema``, ``latent_avg``), ``vgg19-dcbb9e9d.pth``
-and ``model_ir_se50.pth``. These are TEST FIXTURES, NOT REAL WEIGHTS: the generator is the
-demo generator's intrinsic StyleGAN2, the discriminator, VGG19 and IR-SE50 are deterministic
+``stylegan2-ffhq-config-f.pt`` (``g``, ``d``, ``g_ema``, ``latent_avg``), ``vgg19-dcbb9e9d.pth``,
+``model_ir_se50.pth`` and ``vgg16-397923af.pth`` (LPIPS's backbone). These are TEST FIXTURES, NOT
+REAL WEIGHTS: the generator is the demo generator's intrinsic StyleGAN2, the discriminator, VGG19,
+IR-SE50 and VGG16 are deterministic
 fixture-recipe tensors (``pastiche_core.reference.fixture_weights``). Training runs on them and
 writes real files, but nothing they produce is a useful model. (~0.5 GB more.)
 
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 
 #: the training-input files write_training_files() makes (all fixtures, see the module doc)
-TRAINING_FILES = ("stylegan2-ffhq-config-f.pt", "vgg19-dcbb9e9d.pth", "model_ir_se50.pth")
+TRAINING_FILES = ("stylegan2-ffhq-config-f.pt", "vgg19-dcbb9e9d.pth", "model_ir_se50.pth", "vgg16-397923af.pth")
 FIXTURE_NOTE = "TEST FIXTURE, NOT REAL WEIGHTS (tests/comfy_stub/make_model_folder.py)"
 
 
@@ -94,6 +95,12 @@ def write_training_files(root: str | Path) -> list[Path]:
     with torch.device("meta"):
         net = Backbone(input_size=112, num_layers=50, mode="ir_se")
     torch.save(_fixture_state({k: tuple(v.shape) for k, v in net.state_dict().items()}), out[2])
+    # torchvision VGG16 'features.*' (LPIPS's backbone), He-rescaled like VGG19
+    from pastiche_core.training.lpips import vgg16_feature_shapes
+
+    vgg16 = _fixture_state(vgg16_feature_shapes())
+    torch.save({k: (v * math.sqrt(2.0 / (v.shape[1] * v.shape[2] * v.shape[3])) if k.endswith(".weight") else v)
+                for k, v in vgg16.items()}, out[3])
     (root / "TRAINING_FIXTURES_README.txt").write_text(
         f"{', '.join(TRAINING_FILES)} in this folder are a {FIXTURE_NOTE}.\nThey let the training stages "
         "run end to end in tests; anything trained from them is meaningless.\n")
@@ -112,7 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--wplus", action="store_true", help="also write encoder_wplus.pt")
     p.add_argument("--training", action="store_true",
                    help="also write the training inputs (stylegan2-ffhq-config-f.pt, vgg19-dcbb9e9d.pth, "
-                        "model_ir_se50.pth): TEST FIXTURES, not real weights (~0.5 GB)")
+                        "model_ir_se50.pth, vgg16-397923af.pth): TEST FIXTURES, not real weights (~0.5 GB)")
     p.add_argument("--training-only", action="store_true",
                    help="write only the training inputs into an existing folder")
     a = p.parse_args(argv)
