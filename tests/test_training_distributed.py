@@ -11,7 +11,8 @@ whose per-rank trace files (see :mod:`pastiche_core.training.distributed`) show
   saved;
 
 and that a rank started with another seed, or from another copy of the starting checkpoint,
-stops the run before the first step with one ``error:`` line naming what differs.
+stops the run before the first step with one ``error:`` line naming what differs (also in the
+sampler stage: every stage calls the same check).
 
 The models are the narrow 64 px ones of test_training_gan.py (the worker patches the channel
 counts before calling the CLI): full-width GAN steps cost a minute each on CI's CPU.
@@ -68,14 +69,20 @@ def setup(tmp_path_factory):
     return ckpts, data, worker
 
 
-def torchrun(setup, out: Path, trace: Path, *extra: str, rank1: tuple[str, ...] = ()):
-    ckpts, data, worker = setup
+def torchrun(worker: Path, argv: list[str], trace: Path, rank1: tuple[str, ...] = ()):
+    """``torchrun --nproc_per_node 2`` of ``python -m pastiche_core ARGV`` (through the worker)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
-               RANK1_ARGS=json.dumps(list(rank1)), **{D.TRACE_ENV: str(trace)})
-    env["WORKER_ARGV"] = json.dumps(["train", STAGE, "--checkpoints", str(ckpts), "--data", str(data), "--out",
-                                     str(out), "--batch", "4", "--iters", "4", "--quiet", "--no-face-check", *extra])
+               WORKER_ARGV=json.dumps(argv), RANK1_ARGS=json.dumps(list(rank1)), **{D.TRACE_ENV: str(trace)})
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(worker)], capture_output=True, text=True, timeout=600, env=env)
+
+
+def train_gan(setup, out: Path, trace: Path, *extra: str, rank1: tuple[str, ...] = ()):
+    """finetune-stylegan, 4 steps of a global batch of 4 (2 per rank) over the 8 images: 2 epochs."""
+    ckpts, data, worker = setup
+    argv = ["train", STAGE, "--checkpoints", str(ckpts), "--data", str(data), "--out", str(out), "--batch", "4",
+            "--iters", "4", "--quiet", "--no-face-check", *extra]
+    return torchrun(worker, argv, trace, rank1)
 
 
 def read_trace(trace: Path) -> list[list[dict]]:
@@ -87,7 +94,7 @@ def test_two_ranks_split_every_batch_and_end_with_the_same_weights(setup, tmp_pa
     from pastiche_core.training.checkpointing import load_state, state_path
 
     out, trace = tmp_path / "out", tmp_path / "trace"
-    proc = torchrun(setup, out, trace)
+    proc = train_gan(setup, out, trace)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = read_trace(trace)
     for r, records in enumerate(ranks):
@@ -133,7 +140,7 @@ def _refused(proc, out: Path, trace: Path) -> str:
 
 def test_a_rank_with_another_seed_is_refused(setup, tmp_path):
     out, trace = tmp_path / "out", tmp_path / "trace"
-    proc = torchrun(setup, out, trace, rank1=("--seed", "1"))
+    proc = train_gan(setup, out, trace, rank1=("--seed", "1"))
     error = _refused(proc, out, trace)
     assert "training processes disagree: rank 1 of 2 has other settings than rank 0 (seed)" in error, error
     assert "same command" in error
@@ -151,10 +158,23 @@ def test_a_rank_with_another_copy_of_the_checkpoint_is_refused(setup, tmp_path):
     other.mkdir()
     torch.save(state, other / name)
     out, trace = tmp_path / "out", tmp_path / "trace"
-    proc = torchrun(setup, out, trace, "--start", str(ckpts / name), rank1=("--start", str(other / name)))
+    proc = train_gan(setup, out, trace, "--start", str(ckpts / name), rank1=("--start", str(other / name)))
     error = _refused(proc, out, trace)
     assert "rank 1 of 2 has other starting state than rank 0 (d weights)" in error, error
     assert "same checkpoint and data files on every node" in error
+
+
+def test_a_sampler_rank_with_another_seed_is_refused(setup, tmp_path):
+    """The check guards the other stages too (here the ICP sampler: no images, its own loop)."""
+    from pastiche_core.styles import StyleBank
+
+    codes = torch.randn(6, 14, 512, generator=torch.Generator().manual_seed(0))
+    StyleBank([f"style_{i}.jpg" for i in range(6)], codes).save_npy(tmp_path / "exstyle_code.npy")
+    out, trace = tmp_path / "out", tmp_path / "trace"
+    argv = ["train", "sampler", "--checkpoints", str(tmp_path), "--out", str(out), "--iters", "2", "--batch", "8",
+            "--quiet"]
+    error = _refused(torchrun(setup[2], argv, trace, rank1=("--seed", "1")), out, trace)
+    assert "rank 1 of 2 has other settings than rank 0 (seed)" in error, error
 
 
 def test_digest_tells_apart_values_dtypes_and_shapes():
