@@ -28,9 +28,9 @@ What is asserted (``-s`` prints every step's losses and the time):
 For the last two, step 0 draws its inputs another way (the encoder's code, an unpaired step)
 and is left out; ``subspace_freq`` is set so that every later step is a z / paired step.
 
-30-60 s per step at 256 px on the project's shared 2-core CPU, ~9 minutes in all (measured:
-finetune-stylegan d 1.376 -> 0.546 in 232 s, pretrain perc 0.395 -> 0.211 in 123 s, finetune
-perc + sty 3.097 -> 2.433 in 154 s): far over CI's budget, hence opt-in.
+20-60 s per step at 256 px on the project's shared 2-core CPU, 6-9 minutes in all (two runs,
+identical losses: finetune-stylegan d 1.376 -> 0.546 in 108-232 s, pretrain perc 0.395 -> 0.211
+in 123-125 s, finetune perc + sty 3.097 -> 2.433 in 91-154 s): far over CI's budget, hence opt-in.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ STEPS = 4
 SETTINGS = {"batch": 1, "lr": 2e-4, "path_regularize": 0.0, "mixing": 0.0, "face_check": False}
 
 pytestmark = [pytest.mark.skipif(os.environ.get(SLOW_ENV) != "1",
-                                 reason=f"slow tier: set {SLOW_ENV}=1 (full-width 256 px GAN steps, ~9 min)"),
+                                 reason=f"slow tier: set {SLOW_ENV}=1 (full-width 256 px GAN steps, 6-9 min)"),
               pytest.mark.usefixtures("single_thread")]
 
 
