@@ -334,6 +334,8 @@ def _destylize(finetuned, original, encoder, data: Path, out: Path, cfg: Destyli
             return False
         return D.stop_requested(bool(should_stop is not None and ctx.is_main and should_stop()), ctx)
 
+    D.check_same_run(ctx, run_config, {"g' weights": finetuned, "g weights": original, "encoder weights": encoder,
+                                       "step": done, "codes done": finished})
     stopped = False
     live = None
     while k < n_batches:

@@ -12,11 +12,26 @@ The backend is gloo on CPU and NCCL on CUDA. Only rank 0 writes files and prints
 :class:`SyncBatchNorm1d` is a batch norm over the *global* batch that works on CPU/gloo
 (``torch.nn.SyncBatchNorm`` is GPU-only): with it, DDP over ``world`` processes of
 ``B / world`` samples computes the same update as one process with a batch of ``B``.
+
+:func:`check_same_run` makes the processes compare their settings, step and starting weights
+before training: a process started with another seed, other settings or another copy of a
+checkpoint (a node with a stale file) stops the run with one error line naming what differs,
+instead of silently averaging the gradients of different models.
+
+``PASTICHE_DIST_TRACE=DIR`` (a diagnostic for tests and for checking a launch): every process
+writes ``DIR/rank<R>.jsonl``, one JSON object per line -- ``start`` (rank, world size, the
+digests :func:`check_same_run` compared), ``batch`` (the training images this process used)
+and ``end`` (digests of its final weights, equal on every rank when the gradients were really
+averaged). Nothing is traced when the variable is unset.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -156,6 +171,92 @@ def broadcast_object(obj, ctx: DistContext, src: int = 0):
 
 
 # --------------------------------------------------------------------------------------------
+# Every process runs the same training
+# --------------------------------------------------------------------------------------------
+def digest(value) -> str:
+    """A short hash of a tensor, a module's state, or a (nested) setting; equal exactly when
+    the dtypes, shapes and bytes (or the JSON text) are equal."""
+    h = hashlib.blake2b(digest_size=12)
+    _feed(h, value)
+    return h.hexdigest()
+
+
+def _feed(h, value) -> None:
+    if isinstance(value, torch.nn.Module):
+        value = value.state_dict()
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"tensor {t.dtype} {tuple(value.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, Mapping):
+        h.update(b"{")
+        for k in sorted(value, key=str):
+            h.update(f"{k!s}:".encode())
+            _feed(h, value[k])
+        h.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        h.update(b"[")
+        for v in value:
+            _feed(h, v)
+        h.update(b"]")
+    else:
+        h.update(json.dumps(value, default=repr).encode() + b";")
+
+
+def check_same_run(ctx: DistContext, settings: Mapping, state: Mapping) -> None:
+    """Refuse to train when the processes of a distributed run disagree.
+
+    ``settings``: the run's configuration (each key is compared: the error names the ones that
+    differ); ``state``: what training starts from (weights, step, random generators: modules,
+    tensors or plain values, each compared). Every rank compares every rank's digests with rank
+    0's, so all of them raise the same error together (none is left waiting in a collective).
+    Traced as the ``start`` event. Nothing to compare (or hash) in a single process."""
+    if not ctx.distributed and not tracing():
+        return
+    mine = {"settings": {str(k): digest(v) for k, v in settings.items()},
+            "state": {str(k): digest(v) for k, v in state.items()}}
+    trace(ctx, "start", **mine)
+    if not ctx.distributed:
+        return
+    every = gather_objects(mine, ctx)
+    for rank, theirs in enumerate(every[1:], start=1):
+        for group, what in (("settings", "settings"), ("state", "starting state")):
+            keys = sorted(set(every[0][group]) | set(theirs[group]))
+            differ = [k for k in keys if every[0][group].get(k) != theirs[group].get(k)]
+            if differ:
+                raise InputError(
+                    f"the training processes disagree: rank {rank} of {ctx.world_size} has other {what} than rank 0 "
+                    f"({', '.join(differ[:8])}{', ...' if len(differ) > 8 else ''}); every process must run the same "
+                    f"command with the same files (same --seed and options; the same checkpoint and data files on "
+                    f"every node)")
+
+
+TRACE_ENV = "PASTICHE_DIST_TRACE"
+_trace_records: dict[Path, list[str]] = {}
+
+
+def tracing() -> bool:
+    return bool(os.environ.get(TRACE_ENV))
+
+
+def trace(ctx: DistContext, event: str, **fields) -> None:
+    """Append ``{"event", "rank", "world_size", **fields}`` to ``$PASTICHE_DIST_TRACE/rank<R>.jsonl``
+    (rewritten atomically with every record so far); nothing when the variable is unset."""
+    folder = os.environ.get(TRACE_ENV)
+    if not folder:
+        return
+    from ..atomic import atomic_write
+
+    path = Path(folder) / f"rank{ctx.rank}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = _trace_records.setdefault(path, [])
+    lines.append(json.dumps({"event": event, "rank": ctx.rank, "world_size": ctx.world_size, **fields},
+                            default=repr))
+    text = "\n".join(lines) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+# --------------------------------------------------------------------------------------------
 # Batch norm over the global batch
 # --------------------------------------------------------------------------------------------
 class _AllReduceSum(torch.autograd.Function):
@@ -200,5 +301,6 @@ def sync_batch_norm(x: torch.Tensor, bn: torch.nn.BatchNorm1d, synced: bool) -> 
     return out * bn.weight + bn.bias
 
 
-__all__ = ["DistContext", "all_reduce_sum", "barrier", "broadcast_object", "cleanup", "differentiable_all_reduce",
-           "env_world_size", "gather_objects", "setup", "shard", "stop_requested", "sync_batch_norm", "wrap_ddp"]
+__all__ = ["TRACE_ENV", "DistContext", "all_reduce_sum", "barrier", "broadcast_object", "check_same_run", "cleanup",
+           "differentiable_all_reduce", "digest", "env_world_size", "gather_objects", "setup", "shard",
+           "stop_requested", "sync_batch_norm", "trace", "tracing", "wrap_ddp"]

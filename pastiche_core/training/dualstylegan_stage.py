@@ -163,7 +163,7 @@ class Pretrain(_DualStage):
         b = self.cfg.batch
         idx = self.epochs.next()
         flips = torch.rand(b, generator=self.rng) < 0.5
-        real = self.shard(self.data.batch(idx, flips)).to(self.device)
+        real = self.local_images(self.data, idx, flips)
         self._draws = self._codes(i)
         z1, z2, _, psp = self._draws
         with torch.no_grad():
@@ -232,9 +232,8 @@ class Finetune(_DualStage):
         if COLOR_START < self.n:
             instyle[:, COLOR_START:] = torch.randn(instyle[:, COLOR_START:].shape, generator=self.rng)
         exstyle = self.exstyles[ind] + subspace_std * torch.randn(self.exstyles[ind].shape, generator=self.rng)
-        image = self.images.batch(ind.tolist())
-        return (self.shard(exstyle).to(self.device), self.shard(instyle).to(self.device),
-                self.shard(image).to(self.device))
+        image = self.local_images(self.images, ind.tolist())
+        return self.shard(exstyle).to(self.device), self.shard(instyle).to(self.device), image
 
     def _inputs(self, i: int, batch: int):
         if i % self.subspace_freq == 0:
@@ -253,7 +252,7 @@ class Finetune(_DualStage):
         else:
             idx = self.epochs.next()
             flips = torch.rand(b, generator=self.rng) < 0.5
-            real = self.shard(self.images.batch(idx, flips)).to(self.device)
+            real = self.local_images(self.images, idx, flips)
         fake = self.render(instyle, exstyle, b, grad=False, inject=inject)
         return real, fake
 

@@ -326,6 +326,12 @@ class GANStage:
     def shard_list(self, items: Sequence) -> list:
         return list(items)[self.ctx.rank::self.ctx.world_size]
 
+    def local_images(self, images: ImageSet, indices: Sequence[int], flips: torch.Tensor | None = None) -> torch.Tensor:
+        """This rank's images of the global batch ``indices`` (only these are decoded), on the device."""
+        mine = self.shard_list(indices)
+        D.trace(self.ctx, "batch", stage=self.name, images=[images.names[int(i)] for i in mine])
+        return images.batch(mine, None if flips is None else self.shard(flips)).to(self.device)
+
     def randn(self, *shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=self.rng)
 
@@ -402,6 +408,11 @@ class GANStage:
                                             finished=finished))
             D.barrier(ctx)
 
+        D.check_same_run(ctx, run_config, {
+            "g weights": self.g, "d weights": self.d, "g_ema weights": self.g_ema, "step": step,
+            "optimiser states": {"g": g_opt.state_dict(), "d": d_opt.state_dict()},
+            "random state": {k: gen.get_state() for k, gen in gens.items()},
+            "stage state": {"path": self.mean_path_length, "aug_p": self.aug_p, **self.extra_state()}})
         stopped = False
         while step < total:
             if should_stop is not None or ctx.distributed:
@@ -420,6 +431,9 @@ class GANStage:
                     with torch.no_grad():
                         info["preview"] = self.preview()
                 progress(step, total, info)
+        if D.tracing():
+            D.trace(ctx, "end", stage=self.name, step=step,
+                    weights={"g": D.digest(self.g), "d": D.digest(self.d), "g_ema": D.digest(self.g_ema)})
         if stopped:
             checkpoint()
             return StageResult(self.name, step, total, True, ckpt, [], self.losses, notes)

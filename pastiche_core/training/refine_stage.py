@@ -236,6 +236,7 @@ def _refine(generator, exstyle: StyleBank, instyle: StyleBank | None, data: Path
             save_state(ckpt, make_state(STAGE, done, total, config=run_config, extra=extra, finished=is_finished))
         D.barrier(ctx)
 
+    D.check_same_run(ctx, run_config, {"generator weights": generator, "step": done, "codes done": finished})
     stopped = False
     live = None
     while k < n_batches:

@@ -211,6 +211,8 @@ def _train(bank, out: Path, cfg: SamplerConfig, ctx: D.DistContext, resume: bool
             save_state(ckpt, state)
         D.barrier(ctx)
 
+    D.check_same_run(ctx, run_config, {"sampler weights": model, "step": done, "random state": g_icp.get_state(),
+                                       "epoch in progress": epoch_data or (), "optimiser state": opt_state or {}})
     stopped = False
     train_module, module_part = None, None
     while done < total:

@@ -56,7 +56,7 @@ class FinetuneStyleGAN(GANStage):
         b = self.cfg.batch
         idx = self.epochs.next()
         flips = torch.rand(b, generator=self.rng) < 0.5
-        real = self.shard(self.data.batch(idx, flips)).to(self.device)
+        real = self.local_images(self.data, idx, flips)
         with torch.no_grad():
             fake = self._fake(b, self.cfg.mixing)
         return real, fake
