@@ -220,6 +220,7 @@ def test_batch_runs_large_blocks_per_sample_with_the_same_result(kind):
         g = model.generator
     g.PER_SAMPLE_FROM = 16  # blocks 16 and 32 px per sample
     assert g.per_sample_from(3) == 1 and g.per_sample_from(1) == len(g.to_rgbs)
+    assert g.per_sample_from(3, "cuda") == len(g.to_rgbs)  # GPUs keep the whole batch together
     ins = torch.randn(3, 8, 64)
     noise = [torch.randn(3, *shape[1:]) for shape in g.noise_shapes(1)]
     kw = {"noise": noise}

@@ -258,7 +258,7 @@ class DualStyleGAN(nn.Module):
         if use_res and fuse > 0:
             out = self.res[0](out, resstyles[:, 0], weights[0])
         skip = g.to_rgb1(out, latent[:, 1])
-        split = g.per_sample_from(batch) if not return_feat else len(g.to_rgbs)
+        split = g.per_sample_from(batch, latent.device) if not return_feat else len(g.to_rgbs)
         for j in range(min(split, len(g.to_rgbs))):
             out, skip = run_block(j, out, skip, whole)
             if return_feat and 2 * j + 3 > self.res_index:
