@@ -1,6 +1,6 @@
 """Generator speed and memory: reference path vs fast path, side by side, in one run.
 
-    python benchmarks/bench_generator.py                 # 256 and 1024, batch 1 and 4, fp32, CPU
+    python benchmarks/bench_generator.py                 # 256 and 1024, batch 1, 4 and 16, fp32, CPU, 2 threads
     python benchmarks/bench_generator.py --json          # one JSON object per line
     python benchmarks/bench_generator.py --sizes 1024 --batches 1 --dtypes float32 bfloat16
     python benchmarks/bench_generator.py --device cuda --dtypes float32 float16 bfloat16
@@ -11,6 +11,12 @@ style-transfer call (dsg_b): map the exemplar's z+ code to w+, then the DualStyl
 with truncation 0.7 and the default layer weights, on the deterministic fixture weights.
 Every fast-path row also reports its difference from the reference path (max |diff| and PSNR
 of the [-1, 1] image), so speed and exactness are read in the same table.
+
+Paths: ``official`` (with --official), ``reference`` (our literal ops), ``fast`` (the default
+fast path) and ``fast-<impl>`` for each up-sampling convolution of the fast path
+(``fast-transposed``, ``fast-phase``: see ``stylegan2.UPSAMPLE_IMPLS``). Every path runs with
+the same thread count (``--threads``, default 2). At 1024 px batches above 4 run the fast paths
+only (the official and reference paths would hold about 10 GB).
 """
 from __future__ import annotations
 
@@ -25,6 +31,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def fast_paths() -> tuple[list[str], list[str]]:
+    """(every fast path, those timed by default: the default one and each other variant)."""
+    from pastiche_core.models.stylegan2 import DEFAULT_UPSAMPLE_IMPL, UPSAMPLE_IMPLS
+
+    variants = [f"fast-{impl}" for impl in UPSAMPLE_IMPLS]
+    return ["fast"] + variants, ["fast"] + [v for v in variants if v != f"fast-{DEFAULT_UPSAMPLE_IMPL}"]
 
 
 def official_model(official_dir: str, ours):
@@ -74,10 +88,11 @@ def run_one(size: int, batch: int, dtype_name: str, path: str, device: str, repe
     import torch
 
     from pastiche_core.models import DEFAULT_INTERP_WEIGHTS
+    from pastiche_core.models.stylegan2 import DEFAULT_UPSAMPLE_IMPL
     from pastiche_core.reference import fixture_model
 
     if threads:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # before the official import too: both sides alike
     dtype = getattr(torch, dtype_name)
     model = fixture_model("dualstylegan", size)
     if path == "official":
@@ -99,7 +114,10 @@ def run_one(size: int, batch: int, dtype_name: str, path: str, device: str, repe
     reference_image = None
     if path != "reference" and Path(reference_file).exists():
         reference_image = torch.from_numpy(np.load(reference_file))
-    model.use_fast_path(path == "fast", channels_last=(path == "fast" and device == "cpu")) if path != "official" else None
+    if path != "official":
+        fast = path.startswith("fast")
+        model.use_fast_path(fast, channels_last=fast and device == "cpu",
+                            upsample=path.split("-", 1)[1] if path.startswith("fast-") else DEFAULT_UPSAMPLE_IMPL)
     model = model.to(device=device, dtype=dtype)
     ins, ex = instyle.to(device, dtype), exstyle_z.to(device, dtype)
     call = torch.compile(model) if compile_model else model
@@ -134,15 +152,17 @@ def run_one(size: int, batch: int, dtype_name: str, path: str, device: str, repe
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--dtypes", nargs="+", default=["float32"])
-    parser.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=["reference", "fast"])
+    all_fast, default_fast = fast_paths()
+    parser.add_argument("--paths", nargs="+", default=["reference"] + default_fast, choices=["reference"] + all_fast)
     parser.add_argument("--official", metavar="DIR",
                         help="also time the official implementation from a checkout of the official DualStyleGAN "
                              "repository (its model/ folder; run with its CPU ops) in the same run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads, the same for every path (default 2; 0: torch's default)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the fast path")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration
@@ -160,6 +180,8 @@ def main() -> int:
                 for path in (["official"] if args.official and dtype == "float32" else []) + args.paths:
                     if path == "reference" and dtype != "float32":
                         continue  # the reference path is the fp32 yardstick
+                    if size >= 1024 and batch > 4 and not path.startswith("fast"):
+                        continue  # ~10 GB for the literal paths; see the module docstring
                     configs.append((size, batch, dtype, path, False))
                     if path == "fast" and args.compile:
                         configs.append((size, batch, dtype, path, True))
@@ -192,12 +214,13 @@ def main() -> int:
         for size in args.sizes:
             for batch in args.batches:
                 ref = [r for r in rows if (r["size"], r["batch"], r["path"], r["dtype"]) == (size, batch, "reference", "float32")]
-                fast = [r for r in rows if (r["size"], r["batch"], r["path"], r["dtype"]) == (size, batch, "fast", "float32")]
-                if ref and fast:
-                    print(f"# {size}px batch {batch}: fast path {ref[0]['s_per_img'] / fast[0]['s_per_img']:.2f}x the reference path")
                 off = [r for r in rows if (r["size"], r["batch"], r["path"]) == (size, batch, "official")]
-                if off and fast:
-                    print(f"# {size}px batch {batch}: fast path {off[0]['s_per_img'] / fast[0]['s_per_img']:.2f}x the official code")
+                for name in all_fast:
+                    fast = [r for r in rows if (r["size"], r["batch"], r["path"], r["dtype"]) == (size, batch, name, "float32")]
+                    if ref and fast:
+                        print(f"# {size}px batch {batch}: {name} {ref[0]['s_per_img'] / fast[0]['s_per_img']:.2f}x the reference path")
+                    if off and fast:
+                        print(f"# {size}px batch {batch}: {name} {off[0]['s_per_img'] / fast[0]['s_per_img']:.2f}x the official code")
     return 0
 
 

@@ -98,7 +98,7 @@ class DualStyleGANGenerate(io.ComfyNode):
         pick = lambda n, i: 0 if n == 1 else i  # noqa: E731
         space = "w+" if wplus else "z+"
         flags = [weights.preserve_color[pick(len(weights), i)] for i in range(m)]
-        gen_chunks = _chunks(m, flags, 1 if noise == "random" else CHUNK)
+        gen_chunks = _chunks(m, flags, CHUNK)
         enc_chunks = [list(range(i, min(i + CHUNK, b))) for i in range(0, b, CHUNK)]
         progress = Progress(len(enc_chunks) + len(gen_chunks))
         try:
@@ -116,7 +116,9 @@ class DualStyleGANGenerate(io.ComfyNode):
                 image, _, _ = model.generate(ins, ex, wplus=bool(wplus), preserve_color=flags[idx[0]],
                                              weights=wt.to(model.load_device, model.dtype),
                                              truncation=float(truncation),
-                                             seed=(int(seed) + idx[0]) % (2 ** 63) if noise == "random" else None)
+                                             # image i: the noise of a one-image call with seed + i
+                                             seed=[(int(seed) + i) % (2 ** 63) for i in idx]
+                                             if noise == "random" else None)
                 out.append(model_output_to_image(image))
                 progress.step()
         except PasticheError as exc:

@@ -381,14 +381,15 @@ class StylePipeline:
     @torch.inference_mode()
     def generate(self, instyle: torch.Tensor, exstyle_latent: torch.Tensor, *, wplus: bool = False,
                  preserve_color: bool = False, weights: Sequence[float] | torch.Tensor = DEFAULT_INTERP_WEIGHTS,
-                 truncation: float = OFFICIAL_TRUNCATION, seed: int | None = None):
+                 truncation: float = OFFICIAL_TRUNCATION, seed: int | Sequence[int] | None = None):
         """The official style_transfer.py call.
 
         instyle ``[B, n, 512]`` (z+, or w+ when ``wplus``); exstyle_latent ``[1 or B, n, 512]`` z+.
         preserve_color: z+ mode swaps the colour rows of the z+ exemplar code before mapping,
         w+ mode swaps them after (both exactly as the official script).
         seed: None uses the checkpoint's stored noise; N draws the noise maps as the official
-        script does after ``torch.manual_seed(N)`` on CPU.
+        script does after ``torch.manual_seed(N)`` on CPU; a list of B seeds gives sample b the
+        noise of a one-image call with ``seed[b]`` (a batch with the images of separate calls).
         Returns ``(image [B, 3, S, S] unclamped, exstyle_latent, exstyle)``.
         """
         g = self.generator
@@ -396,14 +397,23 @@ class StylePipeline:
         if given < g.n_latent:
             raise InputError(f"expected {g.n_latent} per-layer weights for this {g.size} px model, got {given}")
         instyle = instyle.to(self.device, self.dtype)
-        latent = exstyle_latent.to(self.device, self.dtype).clone()
+        latent = exstyle_latent.to(self.device, self.dtype)
+        if preserve_color and latent.shape[0] != instyle.shape[0]:
+            latent = latent.expand(instyle.shape[0], -1, -1)  # one exemplar code, per-face colour rows
+        latent = latent.clone()
         if preserve_color and not wplus:
             latent[:, N_STRUCTURE:] = instyle[:, N_STRUCTURE:]
         exstyle = g.map_exstyle(latent)
         if preserve_color and wplus:
             exstyle[:, N_STRUCTURE:] = instyle[:, N_STRUCTURE:]
         noise, gen = "stored", None
-        if seed is not None:
+        if isinstance(seed, (list, tuple)):
+            if len(seed) != instyle.shape[0]:
+                raise InputError(f"expected one seed per image ({instyle.shape[0]}), got {len(seed)}")
+            draws = [g.generator.resolve_noise("random", 1, instyle, torch.Generator().manual_seed(int(s)))
+                     for s in seed]
+            noise = [torch.cat(maps) for maps in zip(*draws)]
+        elif seed is not None:
             noise, gen = "random", torch.Generator().manual_seed(int(seed))
         image = g(instyle, exstyle, input_space="w" if wplus else "z", truncation=truncation, truncation_latent=0,
                   interp_weights=weights, noise=noise, generator=gen)

@@ -336,15 +336,11 @@ def run_stylize_video(args) -> int:
     def stylise(crops: list[np.ndarray]) -> list[np.ndarray]:
         content = torch.cat([to_model_input(c) for c in crops])
         instyle = pipe.encode(content, space)
-        if args.seed is not None:
-            # one noise draw per face: every frame gets the same noise maps, which does not flicker
-            raws = [pipe.generate(instyle[i:i + 1], ex_latent, wplus=args.wplus, preserve_color=args.preserve_color,
-                                  weights=layer_w, truncation=args.truncation, seed=args.seed)[0]
-                    for i in range(len(crops))]
-            raw = torch.cat(raws)
-        else:
-            raw = pipe.generate(instyle, ex_latent, wplus=args.wplus, preserve_color=args.preserve_color,
-                                weights=layer_w, truncation=args.truncation)[0]
+        # with a seed every face gets the noise maps of a one-face call with that seed (the same
+        # maps on every frame, which does not flicker), still in one generator call per batch
+        seeds = None if args.seed is None else [args.seed] * len(crops)
+        raw = pipe.generate(instyle, ex_latent, wplus=args.wplus, preserve_color=args.preserve_color,
+                            weights=layer_w, truncation=args.truncation, seed=seeds)[0]
         return [to_uint8(r) for r in raw]
 
     def flush() -> None:

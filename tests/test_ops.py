@@ -3,7 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from pastiche_core.models.ops import blur_fast, make_fir_kernel, upfirdn2d_reference, upsample2x_fast
+import torch.nn.functional as F
+
+from pastiche_core.models.ops import blur_fast, interleave_phases, make_fir_kernel, upconv_phase, \
+    upconv_phase_kernels, upfirdn2d_reference, upsample2x_fast
 from pastiche_core.models.stylegan2 import Generator, ModulatedConv2d, StyledConv
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -60,10 +63,12 @@ def test_blur_and_upsample_fast(device, dtype):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("upsample,k,demod", [(False, 3, True), (True, 3, True), (False, 1, False)])
-def test_modulated_conv_fast_equals_reference(device, dtype, batch, upsample, k, demod):
+@pytest.mark.parametrize("upsample,k,demod,impl", [(False, 3, True, None), (True, 3, True, "transposed"),
+                                                   (True, 3, True, "phase"), (False, 1, False, None)])
+def test_modulated_conv_fast_equals_reference(device, dtype, batch, upsample, k, demod, impl):
     torch.manual_seed(0)
     conv = ModulatedConv2d(16, 8, k, 32, demodulate=demod, upsample=upsample).to(device, torch.float64)
+    conv.upsample_impl = impl or conv.upsample_impl
     x = torch.randn(batch, 16, 8, 8, dtype=torch.float64, device=device)
     style = torch.randn(batch, 32, dtype=torch.float64, device=device)
     expected = conv.forward_reference(x, style)
@@ -76,14 +81,17 @@ def test_modulated_conv_fast_equals_reference(device, dtype, batch, upsample, k,
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_styled_conv_fast_folds_gain_bias_and_noise(device, dtype):
+@pytest.mark.parametrize("impl", ["transposed", "phase"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_styled_conv_fast_folds_gain_bias_and_noise(device, dtype, impl, batch):
     torch.manual_seed(1)
     layer = StyledConv(8, 8, 3, 16, upsample=True).to(device, torch.float64)
+    layer.conv.upsample_impl = impl
     with torch.no_grad():
         layer.noise.weight.fill_(0.3)
         layer.activate.bias.normal_()
-    x = torch.randn(2, 8, 4, 4, dtype=torch.float64, device=device)
-    s = torch.randn(2, 16, dtype=torch.float64, device=device)
+    x = torch.randn(batch, 8, 4, 4, dtype=torch.float64, device=device)
+    s = torch.randn(batch, 16, dtype=torch.float64, device=device)
     noise = torch.randn(1, 1, 8, 8, dtype=torch.float64, device=device)
     layer.fast = False
     expected = layer(x, s, noise)
@@ -103,9 +111,61 @@ def test_generator_fast_path_and_channels_last(device):
         ref = g.use_fast_path(False)(z)
         g.use_fast_path(True)
         cl = g.use_fast_path(True, channels_last=True)(z)
+        phase = g.use_fast_path(True, channels_last=True, upsample="phase")(z)
+        g.use_fast_path(True, channels_last=False, upsample="transposed")
     assert fast.shape == (2, 3, 32, 32)
     assert (fast - ref).abs().max().item() < 1e-4
     assert (cl - fast).abs().max().item() < 1e-4
+    assert (phase - ref).abs().max().item() < 1e-4
+    with pytest.raises(ValueError, match="upsample must be one of transposed, phase"):
+        g.use_fast_path(True, upsample="winograd")
+
+
+def official_upconv(x: torch.Tensor, weight: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """The official up-sampling convolution of one sample: stride-2 transposed conv, then the
+    literal upfirdn2d blur with padding (1, 1)."""
+    return upfirdn2d_reference(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2), kernel, pad=(1, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("hw", [(4, 4), (5, 7), (8, 6)])
+@pytest.mark.parametrize("demod", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upconv_phase_equals_transposed_conv_and_blur(dtype, batch, hw, demod, channels_last):
+    """The phase-decomposed up-sampling conv is the official transposed conv + blur, for the
+    per-sample modulated (and demodulated) weights the generator builds, odd and even sizes."""
+    torch.manual_seed(4)
+    conv = ModulatedConv2d(6, 5, 3, 16, demodulate=demod, upsample=True).double()
+    x = torch.randn(batch, 6, *hw, dtype=torch.float64)
+    weights = conv.modulated_weight(torch.randn(batch, 16, dtype=torch.float64))     # [B, 5, 6, 3, 3]
+    kernel = conv.blur.kernel.double()
+    expected = torch.cat([official_upconv(x[b: b + 1], weights[b], kernel) for b in range(batch)])
+    xd = x.to(dtype)
+    if channels_last:
+        xd = xd.contiguous(memory_format=torch.channels_last)
+    got = torch.cat([upconv_phase(xd[b: b + 1], upconv_phase_kernels(weights[b].to(dtype)), kernel.to(dtype))
+                     for b in range(batch)])
+    assert got.shape == expected.shape == (batch, 5, 2 * hw[0], 2 * hw[1])
+    assert (got.double() - expected).abs().max().item() <= TOL[dtype] * max(expected.abs().max().item(), 1)
+    # shared weight + per-sample output scale and bias (the batched fast path's form)
+    scale = torch.rand(batch, 5, dtype=torch.float64) + 0.5
+    bias = torch.randn(5, dtype=torch.float64)
+    expected = torch.cat([official_upconv(x[b: b + 1], weights[0], kernel) for b in range(batch)])
+    expected = expected * scale[:, :, None, None] + bias[:, None, None]
+    got = upconv_phase(xd, upconv_phase_kernels(weights[0].to(dtype)), kernel.to(dtype), bias.to(dtype),
+                       out_scale=scale.to(dtype))
+    assert (got.double() - expected).abs().max().item() <= TOL[dtype] * max(expected.abs().max().item(), 1)
+
+
+def test_interleave_phases_is_a_phase_major_pixel_shuffle():
+    y = torch.arange(2 * 12 * 3 * 5, dtype=torch.float32).reshape(2, 12, 3, 5)
+    out = interleave_phases(y)
+    assert out.shape == (2, 3, 6, 10)
+    for ry in (0, 1):
+        for rx in (0, 1):
+            assert torch.equal(out[:, :, ry::2, rx::2], y[:, (ry * 2 + rx) * 3:(ry * 2 + rx + 1) * 3])
+    assert torch.equal(interleave_phases(y.contiguous(memory_format=torch.channels_last)), out)
 
 
 def test_generator_rejects_bad_codes():
@@ -142,3 +202,41 @@ def test_dualstylegan_reduced_precision_psnr(device, dtype):
     mse = ((low.float().cpu().clamp(-1, 1) - ref) ** 2).mean().item()
     psnr = 10 * np.log10(4.0 / max(mse, 1e-12))
     assert psnr >= MIN_PSNR[dtype], psnr
+
+
+@pytest.mark.parametrize("kind", ["generator", "dualstylegan"])
+def test_batch_runs_large_blocks_per_sample_with_the_same_result(kind):
+    """A fast-path batch switches to one sample at a time from PER_SAMPLE_FROM on: the images
+    equal the reference path's and those of each sample generated alone (per-sample noise,
+    per-sample layer weights and a shared extrinsic code included)."""
+    from pastiche_core.models import DualStyleGAN, layer_weights
+
+    torch.manual_seed(5)
+    if kind == "generator":
+        model = Generator(32, style_dim=64, n_mlp=2).eval()
+        g = model
+    else:
+        model = DualStyleGAN(32, style_dim=64, n_mlp=8, channel_multiplier=1).eval()
+        g = model.generator
+    g.PER_SAMPLE_FROM = 16  # blocks 16 and 32 px per sample
+    assert g.per_sample_from(3) == 1 and g.per_sample_from(1) == len(g.to_rgbs)
+    assert g.per_sample_from(3, "cuda") == len(g.to_rgbs)  # GPUs keep the whole batch together
+    ins = torch.randn(3, 8, 64)
+    noise = [torch.randn(3, *shape[1:]) for shape in g.noise_shapes(1)]
+    kw = {"noise": noise}
+    if kind == "dualstylegan":
+        weights = torch.tensor([layer_weights(s, c, 8, n_structure=7) for s, c in [(0.75, 1), (0.2, 0.5), (1, 0)]])
+        kw.update(exstyle=torch.randn(1, 8, 64), exstyle_space="z", interp_weights=weights)
+    with torch.no_grad():
+        fast = model(ins, **kw)
+        alone = torch.cat([model(ins[b: b + 1], **{**kw, "noise": [n[b: b + 1] for n in noise],
+                                                 **({"interp_weights": kw["interp_weights"][b: b + 1]}
+                                                    if kind == "dualstylegan" else {})})
+                           for b in range(3)])
+        model.use_fast_path(False)
+        assert g.per_sample_from(3) == len(g.to_rgbs)
+        ref = model(ins, **kw)
+        model.use_fast_path(True)
+    assert fast.shape == (3, 3, 32, 32)
+    assert (fast - ref).abs().max().item() < 1e-4
+    assert (fast - alone).abs().max().item() < 1e-4

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pastiche_core.errors import InputError
 from pastiche_core.pipeline import StylePipeline, stylize
 from pastiche_core.reference import fixture_encoder, fixture_model
 from pastiche_core.styles import StyleBank
@@ -70,3 +71,32 @@ def test_default_style_id_is_the_official_53():
     assert pipe.style_code()[1] == "s53"
     pipe._bank = StyleBank([f"s{i}" for i in range(28)], torch.randn(28, 18, 512))
     assert pipe.style_code()[1] == "s0"  # smaller banks (the demo's) start at 0
+
+
+@pytest.mark.parametrize("preserve_color", [False, True])
+def test_batch_with_per_image_seeds_equals_separate_calls(preserve_color):
+    """A batch with one seed per image (video frames, the Generate node's random noise) gives
+    each image what a one-image call with its seed gives, in one generator call; a shared
+    exemplar code works with per-face colour preservation."""
+    from pastiche_core.models import DualStyleGAN
+
+    torch.manual_seed(6)
+    pipe = StylePipeline(None)
+    pipe._generator = DualStyleGAN(32, style_dim=512, n_mlp=8, channel_multiplier=1).eval()
+    with torch.no_grad():  # noise strengths start at 0
+        for name, p in pipe._generator.named_parameters():
+            if name.endswith("noise.weight"):
+                p.fill_(0.5)
+    ins, ex = torch.randn(3, 8, 512), torch.randn(1, 8, 512)
+    w = [0.75] * 7 + [1.0]
+    seeds = [11, 12, 11]
+    with torch.inference_mode():
+        batch = pipe.generate(ins, ex, weights=w, seed=seeds, preserve_color=preserve_color)[0]
+        alone = torch.cat([pipe.generate(ins[b: b + 1], ex, weights=w, seed=s, preserve_color=preserve_color)[0]
+                           for b, s in enumerate(seeds)])
+        other = pipe.generate(ins, ex, weights=w, seed=[1, 2, 3], preserve_color=preserve_color)[0]
+    assert batch.shape == (3, 3, 32, 32)
+    assert (batch - alone).abs().max().item() < 1e-4
+    assert (other - batch).abs().max().item() > 1e-3  # the seeds matter
+    with pytest.raises(InputError, match="one seed per image"):
+        pipe.generate(ins, ex, weights=w, seed=[1, 2])

@@ -131,10 +131,11 @@ class DualStyleGAN(nn.Module):
     def color_layers(self) -> range:
         return range(self.res_index + 1, self.n_latent)
 
-    def use_fast_path(self, enabled: bool = True, channels_last: bool | None = None) -> "DualStyleGAN":
+    def use_fast_path(self, enabled: bool = True, channels_last: bool | None = None,
+                      upsample: str | None = None) -> "DualStyleGAN":
         """See :meth:`Generator.use_fast_path`."""
         set_fast_path(self, enabled)
-        self.generator.use_fast_path(enabled, channels_last)
+        self.generator.use_fast_path(enabled, channels_last, upsample)
         return self
 
     # -- codes -------------------------------------------------------------------------------
@@ -170,8 +171,8 @@ class DualStyleGAN(nn.Module):
                              f"got {list(exstyle.shape)}")
         if exstyle.shape[0] not in (1, batch):
             raise ValueError(f"extrinsic code batch {exstyle.shape[0]} does not match intrinsic batch {batch}")
-        exstyle = exstyle.expand(batch, -1, -1)
-        return map_rows(self.style, exstyle), exstyle
+        # one mapping per distinct code: a shared code ([1, n, D]) is mapped once for the batch
+        return map_rows(self.style, exstyle).expand(batch, -1, -1), exstyle.expand(batch, -1, -1)
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, instyle: torch.Tensor | Sequence[torch.Tensor], exstyle: torch.Tensor | None = None, *,
@@ -212,40 +213,62 @@ class DualStyleGAN(nn.Module):
             resstyles, adastyles = self.extrinsic_styles(exstyle.to(latent), batch)
             weights = self._interp_weights(interp_weights, batch, latent)
 
-        def blended(l: int) -> torch.Tensor:
+        def rows_of(rows: slice) -> dict:
+            """The per-sample inputs restricted to the samples ``rows``."""
+            part = {"latent": latent[rows], "noises": [n if n.shape[0] == 1 else n[rows] for n in noises]}
+            if use_res:
+                part.update(resstyles=resstyles[rows], adastyles=adastyles[rows],
+                            weights=[w[rows] if isinstance(w, torch.Tensor) else w for w in weights])
+            return part
+
+        def blended(l: int, p: dict) -> torch.Tensor:
             """Colour layer l: ``w * T_c(exstyle) + (1 - w) * instyle`` in W space."""
             if use_res and fuse >= l:
-                w = weights[l]
+                w = p["weights"][l]
                 if isinstance(w, torch.Tensor):
                     w = w[:, None]
-                return w * self.res[l](adastyles[:, l]) + (1 - w) * latent[:, l]
-            return latent[:, l]
+                return w * self.res[l](p["adastyles"][:, l]) + (1 - w) * p["latent"][:, l]
+            return p["latent"][:, l]
 
+        def run_block(j: int, out: torch.Tensor, skip: torch.Tensor, p: dict):
+            """Block j (output side ``2 ** (j + 3)``): up conv, conv (each followed by its ModRes
+            block on structure layers), ToRGB."""
+            i, lat, nz = 2 * j + 1, p["latent"], p["noises"]
+            conv_up, conv = g.convs[2 * j], g.convs[2 * j + 1]
+            out = g.to_block_format(out, j)
+            if use_res and i <= self.res_index:
+                out = conv_up(out, lat[:, i], nz[2 * j + 1])
+                if fuse >= i:
+                    out = self.res[i](out, p["resstyles"][:, i], p["weights"][i])
+                out = conv(out, lat[:, i + 1], nz[2 * j + 2])
+                if fuse >= i + 1:
+                    out = self.res[i + 1](out, p["resstyles"][:, i + 1], p["weights"][i + 1])
+            elif use_res:
+                out = conv_up(out, blended(i, p), nz[2 * j + 1])
+                out = conv(out, blended(i + 1, p), nz[2 * j + 2])
+            else:
+                out = conv_up(out, lat[:, i], nz[2 * j + 1])
+                out = conv(out, lat[:, i + 1], nz[2 * j + 2])
+            rgb_style = blended(i + 2, p) if use_res and i >= self.res_index - 1 else lat[:, i + 2]
+            return out, g.to_rgbs[j](out, rgb_style, skip)
+
+        whole = rows_of(slice(None))
         out = g.start(batch)
         out = g.conv1(out, latent[:, 0], noises[0])
         if use_res and fuse > 0:
             out = self.res[0](out, resstyles[:, 0], weights[0])
         skip = g.to_rgb1(out, latent[:, 1])
-        i = 1
-        for j, to_rgb in enumerate(g.to_rgbs):
-            conv_up, conv = g.convs[2 * j], g.convs[2 * j + 1]
-            out = g.to_block_format(out, j)
-            if use_res and i <= self.res_index:
-                out = conv_up(out, latent[:, i], noises[2 * j + 1])
-                if fuse >= i:
-                    out = self.res[i](out, resstyles[:, i], weights[i])
-                out = conv(out, latent[:, i + 1], noises[2 * j + 2])
-                if fuse >= i + 1:
-                    out = self.res[i + 1](out, resstyles[:, i + 1], weights[i + 1])
-            elif use_res:
-                out = conv_up(out, blended(i), noises[2 * j + 1])
-                out = conv(out, blended(i + 1), noises[2 * j + 2])
-            else:
-                out = conv_up(out, latent[:, i], noises[2 * j + 1])
-                out = conv(out, latent[:, i + 1], noises[2 * j + 2])
-            rgb_style = blended(i + 2) if use_res and i >= self.res_index - 1 else latent[:, i + 2]
-            skip = to_rgb(out, rgb_style, skip)
-            if return_feat and i + 2 > self.res_index:
+        split = g.per_sample_from(batch, latent.device) if not return_feat else len(g.to_rgbs)
+        for j in range(min(split, len(g.to_rgbs))):
+            out, skip = run_block(j, out, skip, whole)
+            if return_feat and 2 * j + 3 > self.res_index:
                 return out, skip
-            i += 2
+        if split < len(g.to_rgbs):  # the large blocks one sample at a time (see Generator.per_sample_from)
+            images = []
+            for b in range(batch):
+                p, ob, sb = rows_of(slice(b, b + 1)), out[b: b + 1], skip[b: b + 1]
+                for j in range(split, len(g.to_rgbs)):
+                    ob, sb = run_block(j, ob, sb, p)
+                images.append(sb)
+            skip = torch.cat(images)
         return (skip, latent) if return_latents else skip

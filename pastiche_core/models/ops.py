@@ -188,3 +188,68 @@ def set_fast_path(module: nn.Module, enabled: bool) -> nn.Module:
         if hasattr(m, "fast"):
             m.fast = enabled
     return module
+
+
+# --------------------------------------------------------------------------------------------
+# Up-sampling convolution (stride-2 transposed 3x3 conv + [1, 3, 3, 1] blur), phase-decomposed
+# --------------------------------------------------------------------------------------------
+# A stride-2 transposed convolution is four ordinary convolutions on the low-resolution input,
+# one per output phase (row parity, column parity), interleaved. CPU libraries run transposed
+# convolutions far below dense-convolution speed (oneDNN AVX2: ~3-4x slower per multiply-add),
+# so computing the four phases as ONE dense convolution with 4 x C_out outputs and
+# interleaving them (a pixel shuffle) is faster even though the phases share a 2x2 window
+# (16 taps for the 9 of the 3x3 kernel: 1.8x the multiply-adds).
+#
+# 1-D, kernel taps w0 w1 w2, transposed output T (2H + 1 samples): T[2m] = x[m] w0 + x[m-1] w2
+# and T[2m+1] = x[m] w1. With the input padded by one on each side, the 2-tap window at m sees
+# (x[m-1], x[m]): even phase taps (w2, w0), odd phase taps (0, w1), H + 1 positions, i.e.
+# 2H + 2 samples of which the last is T[2H + 1] = 0 -- so the blur's (1, 1) padding of the
+# 2H + 1 official samples is a (1, 0) padding of ours.
+
+def upconv_phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """Conv weights ``[..., O, I, 3, 3]`` -> phase weights ``[..., 4 * O, I, 2, 2]`` for
+    :func:`upconv_phase` (output channel ``(ry * 2 + rx) * O + o``: phase-major, so that a
+    ``channels_last`` result interleaves by whole pixels)."""
+    assert weight.shape[-2:] == (3, 3), weight.shape
+    taps = [[2, 0], [None, 1]]  # phase r: low-res tap t (0: x[m-1], 1: x[m]) -> kernel index
+    zero = torch.zeros_like(weight[..., :1, :1])
+    phases = []
+    for ry in (0, 1):
+        for rx in (0, 1):
+            rows = []
+            for ty in taps[ry]:
+                cols = [zero if ty is None or tx is None else weight[..., ty: ty + 1, tx: tx + 1] for tx in taps[rx]]
+                rows.append(torch.cat(cols, -1))
+            phases.append(torch.cat(rows, -2))
+    return torch.cat(phases, -4)
+
+
+def interleave_phases(y: torch.Tensor) -> torch.Tensor:
+    """``[B, 4 * C, h, w]`` phase-major channels -> ``[B, C, 2h, 2w]`` (a pixel shuffle for
+    phase-major channel order), keeping ``y``'s memory format."""
+    b, c4, h, w = y.shape
+    c = c4 // 4
+    if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
+        nhwc = y.permute(0, 2, 3, 1).reshape(b, h, w, 2, 2, c)
+        out = nhwc.permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, c)
+        return out.permute(0, 3, 1, 2)
+    out = y.reshape(b, 2, 2, c, h, w).permute(0, 3, 4, 1, 5, 2)
+    return out.reshape(b, c, 2 * h, 2 * w)
+
+
+def upconv_phase(x: torch.Tensor, phase_weight: torch.Tensor, kernel: torch.Tensor,
+                 bias: torch.Tensor | None = None, out_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``blur(conv_transpose2d(x, W, stride=2), kernel, pad=(1, 1))`` (+ per-channel bias) for a
+    3x3 ``W``, given ``phase_weight = upconv_phase_kernels(W)`` (``[4 * O, I, 2, 2]``): one dense
+    convolution, a phase interleave and the blur. ``out_scale`` ``[B, O]`` scales each sample's
+    output channels before the blur (the demodulation of a shared weight).
+    ``[B, I, H, W]`` -> ``[B, O, 2H, 2W]``."""
+    b, _, h, w = x.shape
+    o = phase_weight.shape[0] // 4
+    assert phase_weight.shape[1:] == (x.shape[1], 2, 2) and phase_weight.shape[0] == 4 * o, (phase_weight.shape, x.shape)
+    y = F.conv2d(x, phase_weight, padding=1)                           # [B, 4 * O, H + 1, W + 1]
+    if out_scale is not None:
+        y = y.mul_(out_scale.to(y.dtype).repeat(1, 4)[:, :, None, None])
+    out = blur_fast(interleave_phases(y), kernel, (1, 0), bias)        # [B, O, 2H + 2, 2W + 2] -> 2H x 2W
+    assert out.shape == (b, o, 2 * h, 2 * w), (out.shape, x.shape)
+    return out

@@ -23,7 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ops import LRELU_SLOPE, SQRT2, Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, blur_fast, \
-    set_fast_path
+    set_fast_path, upconv_phase, upconv_phase_kernels
+
+# Fast-path implementations of the up-sampling modulated convolution (transposed conv + blur):
+# "transposed": the library's stride-2 transposed convolution then the blur;
+# "phase": one dense convolution computing the four output phases (ops.upconv_phase).
+# Which is faster depends on the library's kernels for the CPU/GPU at hand: see
+# benchmarks/bench_generator.py (paths "fast" and "fast-phase").
+UPSAMPLE_IMPLS = ("transposed", "phase")
+DEFAULT_UPSAMPLE_IMPL = "transposed"
 
 # Noise argument of the generators: "stored" (the checkpoint's buffers, deterministic),
 # "random" (fresh N(0, 1) maps, from ``generator`` if given), or one tensor per layer
@@ -72,6 +80,7 @@ class ModulatedConv2d(nn.Module):
         self.weight = nn.Parameter(torch.randn(1, out_channels, in_channels, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channels, bias_init=1.0)
         self.fast = True
+        self.upsample_impl = DEFAULT_UPSAMPLE_IMPL
 
     def modulated_weight(self, style: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         """``[B, D]`` styles -> per-sample weights ``[B, out, in, k, k]`` (demodulated, times gain)."""
@@ -99,7 +108,9 @@ class ModulatedConv2d(nn.Module):
         s = self.modulation(style) * self.scale                      # [B, in]
         w = self.weight[0]                                            # [out, in, k, k]
         x = x * s[:, :, None, None].to(x.dtype)
-        if self.upsample:
+        if self.upsample and self.upsample_impl == "phase":
+            out = None  # the phase convolution runs below, with the blur
+        elif self.upsample:
             out = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
         else:
             out = F.conv2d(x, w, padding=self.padding)
@@ -107,6 +118,8 @@ class ModulatedConv2d(nn.Module):
             scale = torch.rsqrt((s * s) @ w.pow(2).sum([2, 3]).t() + 1e-8) * gain   # [B, out]
         else:
             scale = torch.full_like(s[:, :1], gain).expand(-1, self.out_channels)
+        if out is None:
+            return upconv_phase(x, upconv_phase_kernels(w), self.blur.kernel, bias, out_scale=scale)
         if self.upsample:  # the blur is linear and per channel: scale before it, bias inside it
             return blur_fast(out * scale[:, :, None, None], self.blur.kernel, self.blur.pad, bias)
         out = out * scale[:, :, None, None]
@@ -117,7 +130,9 @@ class ModulatedConv2d(nn.Module):
         outs = []
         for b in range(x.shape[0]):
             xb, wb = x[b: b + 1], weight[b]
-            if self.upsample:
+            if self.upsample and self.upsample_impl == "phase":
+                ob = upconv_phase(xb, upconv_phase_kernels(wb), self.blur.kernel, bias)
+            elif self.upsample:
                 ob = blur_fast(F.conv_transpose2d(xb, wb.transpose(0, 1), stride=2), self.blur.kernel, self.blur.pad, bias)
             else:
                 ob = F.conv2d(xb, wb, bias, padding=self.padding)
@@ -258,12 +273,20 @@ class Generator(nn.Module):
         return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
                 "channel_multiplier": self.channel_multiplier}
 
-    def use_fast_path(self, enabled: bool = True, channels_last: bool | None = None) -> "Generator":
+    def use_fast_path(self, enabled: bool = True, channels_last: bool | None = None,
+                      upsample: str | None = None) -> "Generator":
         """Fast ops (default) or the literal reference ops everywhere in this model;
-        ``channels_last`` runs the feature maps in NHWC (faster with oneDNN/cuDNN)."""
+        ``channels_last`` runs the feature maps in NHWC (faster with oneDNN/cuDNN); ``upsample``
+        picks the fast up-sampling convolution (one of :data:`UPSAMPLE_IMPLS`)."""
         set_fast_path(self, enabled)
         if channels_last is not None:
             self.channels_last = channels_last
+        if upsample is not None:
+            if upsample not in UPSAMPLE_IMPLS:
+                raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_IMPLS)}, got {upsample!r}")
+            for m in self.modules():
+                if isinstance(m, ModulatedConv2d):
+                    m.upsample_impl = upsample
         return self
 
     # oneDNN's NHWC kernels win on large feature maps, NCHW on the small 512-channel ones
@@ -271,8 +294,26 @@ class Generator(nn.Module):
     CHANNELS_LAST_FROM = 64
 
     def start(self, batch: int) -> torch.Tensor:
-        """The constant input repeated over the batch."""
-        return self.input(batch)
+        """The constant input for the batch: one tensor broadcast (a view, no copy per sample)."""
+        return self.input.input.expand(batch, -1, -1, -1)
+
+    # On a CPU's fast path a batch runs together up to this output side (its small layers are
+    # one big GEMM per layer, which two threads share well) and then one sample at a time: the
+    # large layers cost the same per sample either way, and one sample's feature maps (134 MB
+    # per buffer at 1024 px) keep the peak memory of a batch near that of one image. Measured
+    # at 1024 px, batch 4, against the whole batch in every layer: 1.15x less CPU time per image
+    # on one thread, 1.9x less wall time on two threads of a loaded machine, peak RSS 1.19 GB
+    # (one image: 1.07 GB).
+    # GPUs want the whole batch in every layer.
+    PER_SAMPLE_FROM = 128
+
+    def per_sample_from(self, batch: int, device: torch.device | str = "cpu") -> int:
+        """The first block (output side ``2 ** (block + 3)``) that runs sample by sample for this
+        batch; ``len(self.to_rgbs)`` (none) for one sample, the reference path or a GPU."""
+        n = len(self.to_rgbs)
+        if batch == 1 or not self.conv1.fast or torch.device(device).type != "cpu":
+            return n
+        return min(n, max(0, int(math.log2(self.PER_SAMPLE_FROM)) - 3))
 
     def to_block_format(self, x: torch.Tensor, block: int) -> torch.Tensor:
         """Feature maps entering block ``block`` (output side ``2 ** (block + 3)``) in the memory
@@ -373,13 +414,27 @@ class Generator(nn.Module):
         out = self.start(latent.shape[0])
         out = self.conv1(out, latent[:, 0], noises[0])
         skip = self.to_rgb1(out, latent[:, 1])
-        i = 1
-        for j, to_rgb in enumerate(self.to_rgbs):
+
+        def run_block(j: int, out: torch.Tensor, skip: torch.Tensor, lat: torch.Tensor, nz: list):
+            i = 2 * j + 1
             out = self.to_block_format(out, j)
-            out = self.convs[2 * j](out, latent[:, i], noises[2 * j + 1])
-            out = self.convs[2 * j + 1](out, latent[:, i + 1], noises[2 * j + 2])
-            skip = to_rgb(out, latent[:, i + 2], skip)
-            i += 2
+            out = self.convs[2 * j](out, lat[:, i], nz[2 * j + 1])
+            out = self.convs[2 * j + 1](out, lat[:, i + 1], nz[2 * j + 2])
+            return out, self.to_rgbs[j](out, lat[:, i + 2], skip)
+
+        batch, n = latent.shape[0], len(self.to_rgbs)
+        split = self.per_sample_from(batch, latent.device)
+        for j in range(split):
+            out, skip = run_block(j, out, skip, latent, noises)
+        if split < n:  # the large blocks one sample at a time (see PER_SAMPLE_FROM)
+            images = []
+            for b in range(batch):
+                ob, sb, lat = out[b: b + 1], skip[b: b + 1], latent[b: b + 1]
+                nz = [z if z.shape[0] == 1 else z[b: b + 1] for z in noises]
+                for j in range(split, n):
+                    ob, sb = run_block(j, ob, sb, lat, nz)
+                images.append(sb)
+            skip = torch.cat(images)
         return skip
 
     def forward(self, styles: torch.Tensor | Sequence[torch.Tensor], *, input_space: str = "z",
