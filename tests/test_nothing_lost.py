@@ -476,4 +476,7 @@ def test_node_refuses_a_fresh_run_over_a_state_unless_overwrite(nodes, demo, hos
                       overwrite=True)[2]
     assert "steps: 2/2" in info and (out / "sampler.pt").read_bytes() != before
     schema = ft.GET_NODE_INFO_V1()["input"]
-    assert list(schema["optional"])[-1] == "overwrite" and schema["optional"]["overwrite"][0] == "BOOLEAN"
+    # appended after the inputs saved workflows already have, so their widget values keep their places
+    names = list(schema["optional"])
+    assert names.index("overwrite") == len(names) - 2 and names[-1] == "loss"
+    assert schema["optional"]["overwrite"][0] == "BOOLEAN"
