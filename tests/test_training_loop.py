@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def refine_setup(root: Path) -> dict:
     """A 32 px DualStyleGAN with fixture-recipe weights, two codes and their target images
     (all made from fixed seeds, so the fixture state's run can be made again)."""
-    gen = DualStyleGAN(32, res_index=2)
+    gen = DualStyleGAN(32, res_index=6)  # 7 structure rows, as the official models
     shapes = {k: tuple(v.shape) for k, v in gen.state_dict().items()}
     gen.load_state_dict({k: torch.from_numpy(v) for k, v in fixture_state_dict(shapes).items()})
     gen.eval().requires_grad_(False)
