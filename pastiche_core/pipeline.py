@@ -31,7 +31,6 @@ from .checkpoints import first_existing
 from .errors import CheckpointError, InputError
 from .models import DEFAULT_INTERP_WEIGHTS, DualStyleGAN, layer_weights
 
-N_STRUCTURE = 7  # latent rows 0..6 are structure, 7.. colour (z+ / w+ colour swap)
 DEMO_LABEL = "DEMO WEIGHTS"
 OFFICIAL_TRUNCATION = 0.75  # style_transfer.py default
 OFFICIAL_STYLE_ID = 53  # style_transfer.py default --style_id
@@ -129,7 +128,7 @@ def demo_encoder(space: str = "z+"):
 
 def demo_sampler():
     """The built-in demo ICP sampler for the 256 px demo generator (7 structure + 7 colour rows)."""
-    from .models.sampler import StyleSampler
+    from .models.sampler import N_STRUCTURE_ROWS as N_STRUCTURE, StyleSampler
 
     n = 2 * int(math.log2(DEMO_SIZE)) - 2
     return _demo_model(lambda: StyleSampler(n_structure=N_STRUCTURE, n_color=n - N_STRUCTURE), "sampler")
@@ -397,11 +396,12 @@ class StylePipeline:
             raise InputError(f"expected {g.n_latent} per-layer weights for this {g.size} px model, got {given}")
         instyle = instyle.to(self.device, self.dtype)
         latent = exstyle_latent.to(self.device, self.dtype).clone()
+        colour = len(g.structure_layers)  # the first colour row
         if preserve_color and not wplus:
-            latent[:, N_STRUCTURE:] = instyle[:, N_STRUCTURE:]
+            latent[:, colour:] = instyle[:, colour:]
         exstyle = g.map_exstyle(latent)
         if preserve_color and wplus:
-            exstyle[:, N_STRUCTURE:] = instyle[:, N_STRUCTURE:]
+            exstyle[:, colour:] = instyle[:, colour:]
         noise, gen = "stored", None
         if seed is not None:
             noise, gen = "random", torch.Generator().manual_seed(int(seed))

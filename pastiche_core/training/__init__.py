@@ -9,13 +9,12 @@ Heavy modules are imported lazily.
 from __future__ import annotations
 
 STAGES = ("finetune-stylegan", "destylize", "pretrain", "finetune", "refine-exstyle", "sampler")
-IMPLEMENTED_STAGES = STAGES
 GAN_STAGES = ("finetune-stylegan", "pretrain", "finetune")
 
 _LAZY = {
     "train_sampler": ".sampler_stage", "SamplerConfig": ".sampler_stage", "load_sampler_safetensors": "..models.sampler",
     "refine_exstyle_codes": ".refine_stage", "RefineConfig": ".refine_stage",
-    "StageResult": ".common", "StageNotImplemented": ".common",
+    "StageResult": ".common",
     "MissingLossNetworkError": ".losses", "VGG19Features": ".losses", "IDLoss": ".losses",
     "load_state": ".checkpointing", "save_state": ".checkpointing", "make_state": ".checkpointing",
     "apply_state": ".checkpointing",
@@ -34,4 +33,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["GAN_STAGES", "IMPLEMENTED_STAGES", "STAGES", *_LAZY]
+__all__ = ["GAN_STAGES", "STAGES", *_LAZY]

@@ -147,14 +147,6 @@ def gather_objects(obj, ctx: DistContext) -> list:
     return out
 
 
-def broadcast_object(obj, ctx: DistContext, src: int = 0):
-    if not ctx.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 # --------------------------------------------------------------------------------------------
 # Batch norm over the global batch
 # --------------------------------------------------------------------------------------------
@@ -200,5 +192,5 @@ def sync_batch_norm(x: torch.Tensor, bn: torch.nn.BatchNorm1d, synced: bool) -> 
     return out * bn.weight + bn.bias
 
 
-__all__ = ["DistContext", "all_reduce_sum", "barrier", "broadcast_object", "cleanup", "differentiable_all_reduce",
+__all__ = ["DistContext", "all_reduce_sum", "barrier", "cleanup", "differentiable_all_reduce",
            "env_world_size", "gather_objects", "setup", "shard", "stop_requested", "sync_batch_norm", "wrap_ddp"]

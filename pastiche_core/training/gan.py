@@ -34,8 +34,9 @@ from torch import nn
 
 from ..errors import InputError
 from . import distributed as D
-from .checkpointing import apply_state, load_state, make_state, save_state, state_path
-from .common import IMAGE_SUFFIXES, Progress, ShouldStop, StageResult, check_compatible
+from .checkpointing import apply_state
+from .common import IMAGE_SUFFIXES, Progress, ShouldStop, StageResult
+from .loop import Loop
 
 EMA_DECAY = 0.5 ** (32 / (10 * 1000))
 
@@ -356,7 +357,6 @@ class GANStage:
         states from the starting checkpoint, used when they fit (as the official scripts do)."""
         cfg, ctx = self.cfg, self.ctx
         world = ctx.world_size
-        total = self.total_steps()
         g_opt = adam(self.g_params(), cfg.lr, cfg.g_reg_every)
         d_opt = adam(list(self.d.parameters()), cfg.lr, cfg.d_reg_every)
         self.g_opt, self.d_opt = g_opt, d_opt
@@ -364,22 +364,20 @@ class GANStage:
             from .augment import AdaptiveAugment
 
             self.ada = AdaptiveAugment(cfg.ada_target, cfg.ada_length, cfg.ada_every)
-        ckpt = state_path(self.out, self.name)
-        step = 0
-        notes: list[str] = []
+        loop = Loop(self.name, self.out, ctx, self.total_steps(), run_config, cfg.save_every, progress, should_stop,
+                    preview=self.preview, sample_every=cfg.sample_every)
         for key, opt in (("g_optim", g_opt), ("d_optim", d_opt)):
             if start_optimizers and key in start_optimizers:
                 try:
                     opt.load_state_dict(start_optimizers[key])
                 except (ValueError, KeyError, TypeError):
-                    notes.append(f"the starting checkpoint's {key} does not fit this stage's parameters; "
-                                 f"the optimiser starts afresh")
+                    loop.notes.append(f"the starting checkpoint's {key} does not fit this stage's parameters; "
+                                      f"the optimiser starts afresh")
         gens = {"rng": self.rng, "aug": self.aug_rng}
-        if resume and ckpt.is_file():
-            state = load_state(ckpt, self.name)
-            check_compatible(state["config"], run_config, ["iters", "batch", "lr", "seed", "r1", "path_regularize",
-                                                           "d_reg_every", "g_reg_every", "mixing", "augment",
-                                                           "augment_p", *self.compat_keys], ckpt)
+        state = loop.load(resume, ["iters", "batch", "lr", "seed", "r1", "path_regularize", "d_reg_every",
+                                   "g_reg_every", "mixing", "augment", "augment_p", *self.compat_keys])
+        step = 0
+        if state is not None:
             apply_state(state, models={"g": self.g, "d": self.d}, ema={"g_ema": self.g_ema},
                         optimizers={"g": g_opt, "d": d_opt}, generators=gens)
             ex = state["extra"]
@@ -388,45 +386,23 @@ class GANStage:
             self.aug_p = float(ex["aug_p"])
             if self.ada is not None and ex.get("ada"):
                 self.ada.load_state_dict(ex["ada"])
-            self.losses = [float(v) for v in ex["losses"].tolist()]
             self.load_extra_state(ex.get("stage", {}))
+        self.losses = loop.losses
 
-        def checkpoint(finished: bool = False) -> None:
-            if ctx.is_main:
-                extra = {"mean_path_length": float(self.mean_path_length), "aug_p": float(self.aug_p),
-                         "ada": self.ada.state_dict() if self.ada is not None else {},
-                         "losses": torch.tensor(self.losses, dtype=torch.float64), "stage": self.extra_state()}
-                save_state(ckpt, make_state(self.name, step, total, config=run_config,
-                                            models={"g": self.g, "d": self.d}, ema={"g_ema": self.g_ema},
-                                            optimizers={"g": g_opt, "d": d_opt}, generators=gens, extra=extra,
-                                            finished=finished))
-            D.barrier(ctx)
+        def parts() -> dict:
+            extra = {"mean_path_length": float(self.mean_path_length), "aug_p": float(self.aug_p),
+                     "ada": self.ada.state_dict() if self.ada is not None else {}, "stage": self.extra_state()}
+            return {"models": {"g": self.g, "d": self.d}, "ema": {"g_ema": self.g_ema},
+                    "optimizers": {"g": g_opt, "d": d_opt}, "generators": gens, "extra": extra}
 
-        stopped = False
-        while step < total:
-            if should_stop is not None or ctx.distributed:
-                if D.stop_requested(bool(should_stop is not None and ctx.is_main and should_stop()), ctx):
-                    stopped = True
-                    break
-            self.on_phase_start(step)
-            info = self.train_step(step, world)
-            step += 1
-            self.losses.append(info["loss"])
-            if step < total and step % cfg.save_every == 0:
-                checkpoint()
-            if progress is not None and ctx.is_main:
-                info = {"stage": self.name, **info}
-                if cfg.sample_every and (step % cfg.sample_every == 0 or step == total):
-                    with torch.no_grad():
-                        info["preview"] = self.preview()
-                progress(step, total, info)
-        if stopped:
-            checkpoint()
-            return StageResult(self.name, step, total, True, ckpt, [], self.losses, notes)
-        checkpoint(finished=True)
-        outputs = self.finish() if ctx.is_main else []
-        D.barrier(ctx)
-        return StageResult(self.name, step, total, False, ckpt, outputs, self.losses, notes)
+        def step_once(done: int) -> dict:
+            self.on_phase_start(done)
+            return self.train_step(done, world)
+
+        def finish():
+            return (self.finish() if ctx.is_main else []), {}
+
+        return loop.run(step, step_once, parts, finish)
 
     def train_step(self, step: int, world: int) -> dict:
         cfg, ctx = self.cfg, self.ctx
