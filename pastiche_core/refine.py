@@ -18,10 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError, PasticheError
+from .training.options import LR_PRESETS  # torch-free: the one table of both refinements
 
-# name -> (lr_color, lr_structure): the official refinement's two sets of learning rates
-LR_PRESETS = {"script": (0.01, 0.005),   # refine_exstyle.py's argparse defaults (the training stage)
-              "readme": (0.1, 0.005)}    # the README's example command (--lr_color 0.1; the faithful mode)
 
 
 class Interrupted(PasticheError):

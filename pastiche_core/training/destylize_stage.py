@@ -55,7 +55,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +67,8 @@ from . import distributed as D
 from .checkpointing import restore_rng
 from .common import (IMAGE_SUFFIXES, derived_seed, load_style_image, pixel_loss, Progress,
                      ShouldStop, StageResult, tensor_fingerprint, to_size)
-from .loop import Batches, Loop, detached_optimizer_state
+from .options import LOSSES, DestylizeConfig
+from .loop import Batches, Loop, detached_optimizer_state, dist_session
 from .losses import IRSE50_FILE, VGG19_FILE, IDLoss, VGG19Features, noise_normalize_, noise_regularize, \
     perceptual_distance
 
@@ -80,23 +80,6 @@ INSTYLE_SAFETENSORS = "instyle_code.safetensors"
 VIS_DIR = "destylization"
 COLOR_START = 8        # official: latent[:, 8:18] = latent_e[:, 8:18] (note: 8, not 7)
 IMAGE_SIZE = 256       # the encoder's input and the official image size
-LOSSES = ("vgg", "pixel")
-
-
-@dataclass
-class DestylizeConfig:
-    iters: int = 300            # official --iter (stage II steps per batch)
-    batch: int = 1              # official --batch, split over ranks
-    truncation: float = 0.7     # official --truncation (stage II rendering with the original generator)
-    lr: float = 0.1             # base lr, with the official ramp (cosine ramp-down last 25 %, linear ramp-up first 5 %)
-    id_weight: float = 0.1
-    noise_weight: float = 1e5
-    reg_weight: float = 1.0     # mean over channels of the std over layers of z
-    size: int = 256             # loss resolution
-    loss: str = "vgg"           # "vgg" (VGG19 perceptual distance, LPIPS substitute) or "pixel" (L1, no VGG19 needed)
-    seed: int = 0
-    save_every: int = 20
-    device: str = "cpu"
 
 
 def get_lr(t: float, initial_lr: float, rampdown: float = 0.25, rampup: float = 0.05) -> float:
@@ -166,13 +149,9 @@ def destylize(finetuned, original, encoder, data: str | os.PathLike, out_dir: st
     for torchrun runs (each rank optimises its shard of every batch; only rank 0 writes).
     """
     cfg = config or DestylizeConfig()
-    ctx = dist_ctx or D.setup(cfg.device)
-    try:
+    with dist_session(cfg.device, dist_ctx) as ctx:
         return _destylize(finetuned, original, encoder, Path(data), Path(out_dir), cfg, vgg, id_loss, ctx, resume,
                           progress, should_stop)
-    finally:
-        if dist_ctx is None:
-            D.cleanup(ctx)
 
 
 def _validate(finetuned, original, encoder, cfg: DestylizeConfig, vgg, id_loss, world: int,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from . import distributed as D
 from .checkpointing import apply_state
 from .common import IMAGE_SUFFIXES, Progress, ShouldStop, StageResult
 from .loop import Loop
+from .options import GANConfig
 
 EMA_DECAY = 0.5 ** (32 / (10 * 1000))
 
@@ -207,46 +208,6 @@ class Epochs:
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
-@dataclass
-class GANConfig:
-    iters: int = 600
-    batch: int = 4                 # global batch (split over processes)
-    lr: float = 0.002
-    r1: float = 10.0
-    path_regularize: float = 2.0
-    path_batch_shrink: int = 2
-    d_reg_every: int = 16
-    g_reg_every: int = 4
-    mixing: float = 0.9
-    augment: bool = False
-    augment_p: float = 0.0         # fixed augmentation probability; 0 = adaptive (when augment)
-    ada_target: float = 0.6
-    ada_length: int = 500_000
-    ada_every: int = 8             # the official AdaptiveAugment(..., 8, ...)
-    seed: int = 0
-    save_every: int = 50           # steps between resumable checkpoints
-    sample_every: int = 0          # steps between preview images (0: none)
-    device: str = "cpu"
-    extra: dict = field(default_factory=dict)  # stage-specific settings (saved with the state)
-
-    def check(self, world: int) -> None:
-        for name in ("iters", "batch", "d_reg_every", "g_reg_every", "save_every", "path_batch_shrink"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.batch % world:
-            raise InputError(f"--batch {self.batch} must be divisible by the number of processes ({world})")
-        local = self.batch // world
-        if local > 4 and local % 4:
-            raise InputError(f"each process's batch ({local}) must be at most 4 or a multiple of 4 (the "
-                             f"discriminator's minibatch-stddev groups samples by 4)")
-        path_batch = max(1, self.batch // self.path_batch_shrink)
-        if path_batch % world:
-            raise InputError(f"--batch {self.batch} / path_batch_shrink {self.path_batch_shrink} = {path_batch} must "
-                             f"be divisible by the number of processes ({world})")
-        if not 0 <= self.mixing <= 1 or not 0 <= self.augment_p <= 1:
-            raise InputError("mixing and augment_p are probabilities (0..1)")
-
-
 class GANStage:
     """One GAN training stage. Subclasses set :attr:`name` and implement the hooks; the
     base class runs the loop, checkpoints, resumes, reports and stops.
@@ -481,8 +442,7 @@ def config_dict(cfg: GANConfig, **more) -> dict:
     d.pop("device")
     d.pop("save_every")
     d.pop("sample_every")
-    extra = d.pop("extra")
-    return {**d, **extra, **more}
+    return {**d, **more}
 
 
 __all__ = ["EMA_DECAY", "Epochs", "GANConfig", "GANStage", "ImageSet", "accumulate", "adam", "average_gradients",

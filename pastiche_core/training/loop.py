@@ -20,7 +20,8 @@ The state layout is what the stages wrote before they shared this loop (format v
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import torch
 from . import distributed as D
 from .checkpointing import load_state, make_state, save_state, state_path
 from .common import Progress, ShouldStop, StageResult, check_compatible
+from .options import LEGACY_NAMES
 
 Step = Callable[[int], dict]
 Parts = Callable[[], dict]
@@ -64,6 +66,7 @@ class Loop:
             return None
         state = load_state(self.path, self.stage)
         keys = keys(state) if callable(keys) else keys
+        state["config"] = {LEGACY_NAMES.get(k, k): v for k, v in state["config"].items()}  # renamed options
         check_compatible(state["config"], self.run_config, list(keys), self.path)
         self.losses = [float(v) for v in state["extra"]["losses"].tolist()]
         return state
@@ -166,4 +169,16 @@ def detached_optimizer_state(opt: torch.optim.Optimizer) -> dict:
             "param_groups": sd["param_groups"]}
 
 
-__all__ = ["Batches", "Loop", "detached_optimizer_state"]
+@contextmanager
+def dist_session(device: str, given: D.DistContext | None = None) -> Iterator[D.DistContext]:
+    """The process group of a stage run: ``given`` (a caller's torchrun context, left open), else
+    one set up here (torchrun's environment, or a single process) and closed after the run."""
+    ctx = given or D.setup(device)
+    try:
+        yield ctx
+    finally:
+        if given is None:
+            D.cleanup(ctx)
+
+
+__all__ = ["Batches", "Loop", "detached_optimizer_state", "dist_session"]

@@ -33,44 +33,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError
-from ..refine import LR_PRESETS
 from ..styles import StyleBank
 from . import distributed as D
 from .checkpointing import restore_rng
 from .common import (derived_seed, find_style_images, load_style_image, pixel_loss, Progress,
                      ShouldStop, StageResult, tensor_fingerprint, to_size)
-from .loop import Batches, Loop, detached_optimizer_state
+from .options import LOSSES, LR_PRESETS, RefineConfig, lr_preset  # noqa: F401 (re-exported)
+from .loop import Batches, Loop, detached_optimizer_state, dist_session
 from .losses import VGG19Features, contextual_loss, noise_normalize_, noise_regularize, perceptual_distance
 
 STAGE = "refine-exstyle"
 BANK_NPY = "refined_exstyle_code.npy"
 BANK_SAFETENSORS = "refined_exstyle_code.safetensors"
-LOSSES = ("vgg", "pixel")
-
-
-@dataclass
-class RefineConfig:
-    iters: int = 100               # steps per batch of images (official --iter)
-    batch: int = 1                 # images optimised together (official --batch), split over ranks
-    lr_color: float = 0.01
-    lr_structure: float = 0.005
-    lr_noise: float = 0.1
-    noise_weight: float = 1e5
-    cx_weight: float = 1.0
-    perc_weight: float = 1.0
-    cx_band_width: float = 0.2
-    size: int = 256                # resolution the losses compare at (official 256)
-    loss: str = "vgg"              # "vgg" (perceptual + contextual) or "pixel" (L1, no VGG19 needed)
-    seed: int = 0
-    save_every: int = 20           # steps between checkpoints (and one when stopped / at the end)
-    device: str = "cpu"
-
 
 
 def refine_loss_terms(image: torch.Tensor, target_feats, target: torch.Tensor, vgg: VGG19Features | None,
@@ -97,13 +76,9 @@ def refine_exstyle_codes(generator, exstyle: StyleBank, instyle: StyleBank | Non
     :func:`~.sampler_stage.train_sampler`.
     """
     cfg = config or RefineConfig()
-    ctx = dist_ctx or D.setup(cfg.device)
-    try:
+    with dist_session(cfg.device, dist_ctx) as ctx:
         return _refine(generator, exstyle, instyle, Path(data), Path(out_dir), cfg, vgg, ctx, resume, progress,
                        should_stop)
-    finally:
-        if dist_ctx is None:
-            D.cleanup(ctx)
 
 
 def _validate(generator, exstyle: StyleBank, instyle: StyleBank | None, cfg: RefineConfig, vgg, world: int) -> list[str]:
@@ -288,12 +263,6 @@ def vgg_refine_loss(vgg, band_width: float = 0.2) -> Callable[[torch.Tensor, tor
                 + contextual_loss(fi[2], ft[2], band_width, per_sample=True).sum())
 
     return loss
-
-
-def lr_preset(name: str) -> tuple[float, float]:
-    if name not in LR_PRESETS:
-        raise InputError(f"unknown learning-rate preset {name!r}; presets: {', '.join(LR_PRESETS)}")
-    return LR_PRESETS[name]
 
 
 __all__ = ["BANK_NPY", "BANK_SAFETENSORS", "LR_PRESETS", "RefineConfig", "lr_preset", "pixel_loss",

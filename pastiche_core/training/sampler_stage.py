@@ -29,7 +29,6 @@ so the update equals the single-process one for the same global batch (up to flo
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,7 +40,8 @@ from ..models.sampler import N_STRUCTURE_ROWS as N_STRUCTURE, ICPNet, StyleSampl
 from . import distributed as D
 from .checkpointing import apply_state
 from .common import Progress, ShouldStop, StageResult, derived_seed, tensor_fingerprint
-from .loop import Loop
+from .loop import Loop, dist_session
+from .options import SamplerConfig
 
 STAGE = "sampler"
 SAMPLER_PT = "sampler.pt"
@@ -49,25 +49,6 @@ SAMPLER_PT = "sampler.pt"
 # reads both formats, so the two files are interchangeable.
 SAMPLER_SAFETENSORS = "sampler.safetensors"
 PARTS = ("color", "structure")  # training order of the official script
-
-
-@dataclass
-class SamplerConfig:
-    iters: int | None = None        # Adam steps per net; None: official int(500000 / n_codes) epochs
-    batch: int = 128                # global batch (split over ranks)
-    repeat_to: int = 1000           # bank repeated repeat_to // N times
-    jitter: float = 0.05
-    lr: float = 1e-3
-    lr_decay_epochs: int = 50
-    lr_decay: float = 0.5
-    beta1: float = 0.5
-    beta2: float = 0.999
-    weight_decay: float = 1e-5
-    noise_dim: int = 128
-    seed: int = 0
-    save_every: int = 500           # steps between checkpoints (and one when stopped / at the end)
-    device: str = "cpu"
-    dtype: str = "float32"          # training precision ("float64" for exactness checks); files are float32
 
 
 class _ICPTrain(nn.Module):
@@ -114,12 +95,8 @@ def train_sampler(bank, out_dir: str | os.PathLike, config: SamplerConfig | None
     ``out_dir/train_state/sampler.pt`` bit for bit (a missing state starts afresh).
     """
     cfg = config or SamplerConfig()
-    ctx = dist_ctx or D.setup(cfg.device)
-    try:
+    with dist_session(cfg.device, dist_ctx) as ctx:
         return _train(bank, Path(out_dir), cfg, ctx, resume, progress, should_stop)
-    finally:
-        if dist_ctx is None:
-            D.cleanup(ctx)
 
 
 def _train(bank, out: Path, cfg: SamplerConfig, ctx: D.DistContext, resume: bool, progress, should_stop) -> StageResult:
