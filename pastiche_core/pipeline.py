@@ -255,10 +255,18 @@ class StylePipeline:
         self._sampler = None
 
     @classmethod
-    def from_folder(cls, root: str | Path, style: str, *, allow_demo: bool = True, **kwargs) -> "StylePipeline":
-        """Pipeline over an official-layout checkpoint folder; demo weights if it holds no files."""
+    def from_folder(cls, root: str | Path, style: str, *, allow_demo: bool = True,
+                    generator: str | Path | None = None, **kwargs) -> "StylePipeline":
+        """Pipeline over an official-layout checkpoint folder; demo weights if it holds no files.
+        ``generator``: this generator file instead of the style's ``generator.pt`` (e.g. a numbered
+        training snapshot, ``generator-001400.pt``)."""
         root = Path(root)
         paths = CheckpointPaths.find(root, style)
+        if generator is not None:
+            if not Path(generator).is_file():
+                raise InputError(f"--generator '{generator}' is not a file (expected a DualStyleGAN generator .pt "
+                                 f"or .safetensors, e.g. a training snapshot generator-001400.pt)")
+            paths.generator = Path(generator)
         if paths.empty and allow_demo:
             warnings.warn(f"{DEMO_LABEL}: no checkpoints in '{root}' (style '{style}'); using built-in random demo "
                           f"weights at {DEMO_SIZE}px. The output only shows the pipeline working. Put the official "
@@ -422,11 +430,13 @@ def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = 
             truncation: float = OFFICIAL_TRUNCATION, align_face: bool = False, paste_back: bool = False,
             face: str | int = "largest", detector: str = "dlib", seed: int | None = None,
             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, low_memory: bool = False,
-            pipeline: StylePipeline | None = None, progress: Progress | None = None) -> StylizeResult:
+            pipeline: StylePipeline | None = None, progress: Progress | None = None,
+            generator: str | Path | None = None) -> StylizeResult:
     """Stylise a portrait photo after a bank style or an exemplar image.
 
     photo: a path or an HxWx3 uint8 array; an aligned square face crop unless ``align_face``.
-    checkpoints/style: the official-layout folder and style name (or pass ``pipeline``).
+    checkpoints/style: the official-layout folder and style name (or pass ``pipeline``);
+    ``generator``: another generator file of the style (e.g. a training snapshot).
     style_id: index or name in the style bank (default: the official 53, or 0 for small banks).
     exemplar: an image whose style replaces the bank entry: encoded in one pass (fast mode), or
     refined against the generator for ``exemplar_steps`` steps (faithful mode, see
@@ -441,7 +451,8 @@ def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = 
     if pipeline is None:
         if checkpoints is None:
             raise InputError("give a checkpoints folder (or a pipeline)")
-        pipeline = StylePipeline.from_folder(checkpoints, style, device=device, dtype=dtype, low_memory=low_memory)
+        pipeline = StylePipeline.from_folder(checkpoints, style, device=device, dtype=dtype, low_memory=low_memory,
+                                             generator=generator)
     if paste_back and not align_face:
         raise InputError("paste_back needs align_face (the stylised crop is placed with the alignment transform)")
     layer_w = resolve_weights(weights, structure, color)

@@ -106,6 +106,7 @@ class Pretrain(_DualStage):
     name = PRETRAIN_STAGE
     monitor = "perc"
     d_weight = 0.1
+    extendable = False  # the phases are iters/10, iters/10, iters
     compat_keys = ("subspace_freq",)
 
     def __init__(self, g, g_ema, d, encoder, vgg, data: ImageSet, out: Path, cfg: GANConfig, ctx):
@@ -210,6 +211,7 @@ class Pretrain(_DualStage):
 
 class Finetune(_DualStage):
     name = FINETUNE_STAGE
+    snapshot_stem, snapshot_kind = "generator", "dualstylegan"  # generator-NNNNNN.pt, never generator-pretrain.pt
     monitor = "g"
     compat_keys = ("subspace_freq", "style_loss", "contextual_loss", "perc_loss", "id_loss", "l2_reg_loss", "names")
 

@@ -276,6 +276,25 @@ class GANStage:
         """Write the stage's outputs (rank 0 only is called); return their paths."""
         return []
 
+    extendable = True   # a finished run continues with a larger iters (not pretrain: its phases depend on it)
+    snapshot_stem = ""  # numbered snapshots: OUT/<stem>-NNNNNN.pt ("" : the stage keeps none)
+
+    def snapshot(self, done: int) -> list[Path]:
+        """A numbered snapshot of ``g_ema`` after step ``done`` (rank 0) and a grid of its samples."""
+        if not self.snapshot_stem:
+            return []
+        from .files import save_generator_files
+
+        files = save_generator_files(self.out / f"{self.snapshot_stem}-{done:06d}", self.snapshot_kind,
+                                     self.g_ema.state_dict(), self.g_ema.config, safetensors=False)
+        with torch.no_grad():
+            images = self.preview()
+        if images is not None:
+            files.append(save_grid(images, self.out / f"samples-{done:06d}.png"))
+        return files
+
+    snapshot_kind = "stylegan2"
+
     def preview(self) -> torch.Tensor | None:
         """A few ``g_ema`` images in [-1, 1] for progress previews (optional)."""
         return None
@@ -326,7 +345,8 @@ class GANStage:
 
             self.ada = AdaptiveAugment(cfg.ada_target, cfg.ada_length, cfg.ada_every)
         loop = Loop(self.name, self.out, ctx, self.total_steps(), run_config, cfg.save_every, progress, should_stop,
-                    preview=self.preview, sample_every=cfg.sample_every)
+                    preview=self.preview, sample_every=cfg.sample_every, snapshot_every=cfg.snapshot_every,
+                    snapshot=self.snapshot)
         for key, opt in (("g_optim", g_opt), ("d_optim", d_opt)):
             if start_optimizers and key in start_optimizers:
                 try:
@@ -335,8 +355,15 @@ class GANStage:
                     loop.notes.append(f"the starting checkpoint's {key} does not fit this stage's parameters; "
                                       f"the optimiser starts afresh")
         gens = {"rng": self.rng, "aug": self.aug_rng}
-        state = loop.load(resume, ["iters", "batch", "lr", "seed", "r1", "path_regularize", "d_reg_every",
-                                   "g_reg_every", "mixing", "augment", "augment_p", *self.compat_keys])
+        keys = ["iters", "batch", "lr", "seed", "r1", "path_regularize", "d_reg_every", "g_reg_every", "mixing",
+                "augment", "augment_p", *self.compat_keys]
+
+        def resume_keys(saved: dict) -> list[str]:
+            """A finished run extends with more --iters (its steps do not depend on the total)."""
+            longer = saved["finished"] and int(saved["config"].get("iters", 0)) <= cfg.iters
+            return [k for k in keys if not (k == "iters" and self.extendable and longer)]
+
+        state = loop.load(resume, resume_keys)
         step = 0
         if state is not None:
             apply_state(state, models={"g": self.g, "d": self.d}, ema={"g_ema": self.g_ema},
@@ -435,6 +462,17 @@ class GANStage:
 
     d_weight = 1.0       # pretrain scales the adversarial losses by 0.1
     monitor = "g"        # which term is reported as "loss"
+
+
+def save_grid(images: torch.Tensor, path: Path) -> Path:
+    """Images ``[B, 3, H, W]`` in [-1, 1] side by side as one PNG, written atomically."""
+    from PIL import Image
+
+    from ..atomic import atomic_write
+
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    row = np.ascontiguousarray(torch.cat(list(x), dim=2).permute(1, 2, 0).numpy())
+    return atomic_write(path, lambda tmp: Image.fromarray(row).save(tmp, format="PNG"))
 
 
 def config_dict(cfg: GANConfig, **more) -> dict:

@@ -45,6 +45,9 @@ class GANConfig:
     mixing: float = option(0.9, "GAN stages: style-mixing probability")
     augment: bool = option(False, "GAN stages: adaptive discriminator augmentation")
     augment_p: float = option(0.0, "GAN stages: fixed augmentation probability (0: adaptive, with --augment)")
+    snapshot_every: int = option(0, "GAN stages: keep a numbered snapshot of the trained generator every N steps "
+                                    "(finetune: generator-NNNNNN.pt, finetune-stylegan: finetune-NNNNNN.pt) and a "
+                                    "sample grid (samples-NNNNNN.png); 0: none")
     ada_target: float = 0.6
     ada_length: int = 500_000
     ada_every: int = 8             # the official AdaptiveAugment(..., 8, ...)
@@ -67,6 +70,8 @@ class GANConfig:
         if path_batch % world:
             raise InputError(f"--batch {self.batch} / path_batch_shrink {self.path_batch_shrink} = {path_batch} must "
                              f"be divisible by the number of processes ({world})")
+        if self.snapshot_every < 0:
+            raise InputError(f"--snapshot-every must be 0 (none) or more, got {self.snapshot_every}")
         if not 0 <= self.mixing <= 1 or not 0 <= self.augment_p <= 1:
             raise InputError("mixing and augment_p are probabilities (0..1)")
 

@@ -33,6 +33,7 @@ PURPOSE = (f"rosinality's FFHQ StyleGAN2 ({STYLEGAN_FFHQ}, with its 'g', 'd' and
 
 class FinetuneStyleGAN(GANStage):
     name = STAGE
+    snapshot_stem = "finetune"  # finetune-NNNNNN.pt, as the file of the finished run
 
     def __init__(self, g, g_ema, d, data: ImageSet, out: Path, cfg: GANConfig, ctx: D.DistContext):
         super().__init__(g, g_ema, d, out, cfg, ctx)
