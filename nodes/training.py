@@ -49,15 +49,44 @@ PREVIEW_MAX = 512               # ComfyUI's default --preview-size
 NO_PREVIEW = 10 ** 9            # sample_every when previews are only wanted at the end
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
-ITERATIONS_TIP = ("Training steps; 0 = the official default: finetune-stylegan 600, destylize 300 (per batch of "
-                  "exemplars), pretrain 3000 (+ 2 x 300 warm-up steps), finetune 1500, refine-exstyle 100 (per "
-                  "batch of exemplars), sampler int(500000 / codes) epochs (steps per net). Small numbers only test "
-                  "the graph.")
-BATCH_TIP = ("Images (or codes) per step; 0 = the official default: finetune-stylegan 4, destylize 1, pretrain 4, "
-             "finetune 4, refine-exstyle 1, sampler 128. The GAN stages need at least this many images.")
-LR_TIP = ("Learning rate; 0 = the official default: 0.002 for the GAN stages (finetune-stylegan, pretrain, "
-          "finetune), 0.1 for destylize, refine-exstyle colour 0.01 (structure gets half of it). The sampler "
-          "always uses its official schedule.")
+
+
+def _official(key: str, skip: tuple[str, ...] = ()) -> str:
+    """'finetune-stylegan 600, destylize 300, ...': the stages' defaults of one option, from their Configs."""
+    from pastiche_core.training.options import defaults
+
+    return ", ".join(f"{stage} {defaults(stage)[key]}" for stage in STAGE_LABELS.values()
+                     if key in defaults(stage) and defaults(stage)[key] is not None and stage not in skip)
+
+
+ITERATIONS_TIP = (f"Training steps; 0 = the official default: {_official('iters')} (destylize and refine-exstyle: "
+                  f"per batch of exemplars; pretrain: + 2 x iters/10 warm-up steps); sampler int(500000 / codes) "
+                  f"epochs (steps per net). Small numbers only test the graph.")
+BATCH_TIP = (f"Images (or codes) per step; 0 = the official default: {_official('batch')}. The GAN stages need at "
+             f"least this many images.")
+LR_TIP = (f"Learning rate; 0 = the official default: {_official('lr')}, refine-exstyle colour {_official('lr_color')} "
+          f"(structure gets half of it). The sampler always uses its official schedule.")
+
+
+def loss_weights() -> dict[str, str]:
+    """node input -> finetune Config field, for the loss weights the node offers (in the Config's order)."""
+    from pastiche_core.training.options import FinetuneConfig, user_options
+
+    return {f.metadata["node"]: name for name, f in user_options(FinetuneConfig).items() if f.metadata["node"]}
+
+
+def _weight_inputs() -> list:
+    """The finetune loss-weight inputs, their defaults and tooltips from FinetuneConfig."""
+    from pastiche_core.training.options import FinetuneConfig, default, user_options
+
+    options = user_options(FinetuneConfig)
+    out = []
+    for node_name, name in loss_weights().items():
+        value = default(FinetuneConfig, name)
+        text = options[name].metadata["help"].removeprefix("finetune: ")
+        out.append(io.Float.Input(node_name, default=value, min=0.0, max=100.0, step=0.001 if value < 0.1 else 0.01,
+                                  tooltip=f"finetune only: {text} (official {value:g})."))
+    return out
 
 
 def _wrap(exc: BaseException, stage: str) -> BaseException:
@@ -253,18 +282,7 @@ class FineTuneStage(io.ComfyNode):
                 io.Int.Input("batch_size", default=0, min=0, max=4096, tooltip=BATCH_TIP),
                 io.Float.Input("learning_rate", default=0.0, min=0.0, max=10.0, step=0.0001, round=0.00001,
                                tooltip=LR_TIP),
-                io.Float.Input("style_loss", default=0.25, min=0.0, max=100.0, step=0.01,
-                               tooltip="finetune only: weight of the feature-statistics style loss (official 0.25)."),
-                io.Float.Input("contextual_loss", default=0.25, min=0.0, max=100.0, step=0.01,
-                               tooltip="finetune only: weight of the contextual (CX) loss (official 0.25)."),
-                io.Float.Input("perceptual_loss", default=1.0, min=0.0, max=100.0, step=0.01,
-                               tooltip="finetune only: weight of the VGG perceptual loss on paired steps "
-                                       "(official 1)."),
-                io.Float.Input("identity_loss", default=1.0, min=0.0, max=100.0, step=0.01,
-                               tooltip="finetune only: weight of the ArcFace identity loss (official 1)."),
-                io.Float.Input("l2_reg_loss", default=0.015, min=0.0, max=100.0, step=0.001,
-                               tooltip="finetune only: weight of the L2 norm of the extrinsic path's weights "
-                                       "(official 0.015)."),
+                *_weight_inputs(),
                 io.Boolean.Input("augment", default=False,
                                  tooltip="GAN stages only: adaptive discriminator augmentation (official --augment; "
                                          "the official README uses it for finetune-stylegan on small style sets)."),
@@ -361,11 +379,9 @@ class FineTuneStage(io.ComfyNode):
     @classmethod
     @node_errors("Fine-Tune Stage (training)")
     def execute(cls, model, stage: str = DEFAULT_STAGE, images=None, iterations: int = 0, batch_size: int = 0,
-                learning_rate: float = 0.0, style_loss: float = 0.25, contextual_loss: float = 0.25,
-                perceptual_loss: float = 1.0, identity_loss: float = 1.0, l2_reg_loss: float = 0.015,
-                augment: bool = False, seed: int = 0, save_name: str = "my_style", resume: bool = False,
-                preview_every: int = 0, data_folder: str = "", overwrite: bool = False,
-                loss: str = "default") -> io.NodeOutput:
+                learning_rate: float = 0.0, augment: bool = False, seed: int = 0, save_name: str = "my_style",
+                resume: bool = False, preview_every: int = 0, data_folder: str = "", overwrite: bool = False,
+                loss: str = "default", **weights) -> io.NodeOutput:
         import comfy.model_management as mm
         import torch
         from pastiche_core.errors import PasticheError
@@ -422,8 +438,11 @@ class FineTuneStage(io.ComfyNode):
             raise PasticheNodeError(f"stage '{key}' needs training images: connect images ({what}) or set "
                                     f"data_folder")
 
-        weights = {"style_loss": style_loss, "CX_loss": contextual_loss, "perc_loss": perceptual_loss,
-                   "id_loss": identity_loss, "L2_reg_loss": l2_reg_loss}
+        names = loss_weights()
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise PasticheNodeError(f"unknown input(s) {', '.join(unknown)}; loss weights: {', '.join(names)}")
+        weights = {names[k]: v for k, v in weights.items()}  # unset ones: the Config's defaults
         options = _options(key, int(iterations), int(batch_size), float(learning_rate), weights, bool(augment),
                            int(preview_every), notes)
         if key in ("destylize", "refine-exstyle") and loss != "default":

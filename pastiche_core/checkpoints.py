@@ -11,63 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
 from .errors import CheckpointError, short
+from .weight_files import (CONFIG_KEY, FORMAT_KEY, FORMAT_VERSION, MODEL_KEY, _describe, first_existing,  # noqa: F401
+                           read_safetensors, safe_torch_load)
 
-FORMAT_KEY = "pastiche.format"
-MODEL_KEY = "pastiche.model"
-CONFIG_KEY = "pastiche.config"
-FORMAT_VERSION = "1"
-
-
-def first_existing(folder: str | os.PathLike, stems, suffixes) -> Path | None:
-    """The first ``folder/<stem><suffix>`` file that exists, trying stems in order, then suffixes.
-
-    A ``.safetensors`` written together with its ``.pt``/``.npy`` twin is skipped when that twin
-    has changed since (replaced by another tool, or a crash between the two renames): the
-    stale copy must not win over the file next to it."""
-    for stem in stems:
-        for suffix in suffixes:
-            p = Path(folder) / f"{stem}{suffix}"
-            if p.is_file():
-                if suffix == ".safetensors":
-                    from .atomic import twin_is_stale
-
-                    twin = twin_is_stale(p)
-                    if twin is not None:
-                        warnings.warn(f"'{p}' is older than '{twin.name}' next to it; using '{twin.name}'",
-                                      stacklevel=2)
-                        continue
-                return p
-    return None
-
-
-def _describe(path: Path) -> str:
-    return f"'{path}'"
-
-
-def safe_torch_load(path: str | os.PathLike, expected: str, check=None, *, allow_namespace: bool = True,
-                    mmap: bool = True, reader: str = "auto") -> object:
-    """Read a ``.pt``/``.pth`` the way ``torch.load(map_location='cpu', weights_only=True)`` would,
-    after walking its pickle with the caps and allow-list of :mod:`pastiche_core.safe_pickle`.
-
-    expected: what the file should be, for messages (e.g. "a DualStyleGAN generator.pt").
-    check: called with the walked object (tensors as :class:`~pastiche_core.safe_pickle.TensorMeta`)
-    before any tensor data is read, to refuse wrong shapes before they are allocated.
-    Raises :class:`CheckpointError` naming the file for a missing, empty, truncated or
-    non-PyTorch file, or one that holds objects other than tensors and plain containers.
-    ``argparse.Namespace`` (the 'args' entry of official training checkpoints) is a plain
-    attribute bag and allowed unless ``allow_namespace=False``.
-    """
-    from .safe_pickle import load_torch_file
-
-    return load_torch_file(path, expected, allow_namespace=allow_namespace, check=check, mmap=mmap, reader=reader)
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,33 +160,6 @@ def infer_dualstylegan_config(state: Mapping[str, torch.Tensor]) -> dict:
 DSG_EXPECTED = "a DualStyleGAN generator (the official checkpoint/<style>/generator.pt, or our .safetensors)"
 SG2_EXPECTED = ("a StyleGAN2 generator (rosinality's stylegan2-ffhq-config-f.pt, a finetune-*.pt, "
                 "or our .safetensors)")
-
-
-def read_safetensors(path: str | os.PathLike, expected: str, check=None
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file, with clear errors.
-
-    The header is parsed and every entry checked against the file size first; ``check(metas,
-    metadata)`` (tensors as :class:`~pastiche_core.safe_pickle.TensorMeta`) can refuse the file
-    before any tensor is read."""
-    from safetensors import safe_open
-
-    from .safe_pickle import read_safetensors_header
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{_describe(path)} does not exist (expected {expected})")
-    metas, meta = read_safetensors_header(path, expected)
-    if check is not None:
-        check(metas, meta)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # the header was checked; this is I/O or a library-level refusal
-        raise CheckpointError(f"{_describe(path)} is not a readable safetensors file ({short(str(exc), 200)}); "
-                              f"expected {expected}") from None
-    return tensors, meta
 
 
 def _is_tensor(v) -> bool:
@@ -387,12 +314,6 @@ def load_generator(path: str | os.PathLike, device=None, dtype=None):
 # --------------------------------------------------------------------------------------------
 # Our format
 # --------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    from .atomic import atomic_write
-
-    atomic_write(path, write)
-
-
 def save_generator_safetensors(path: str | os.PathLike, kind: str, state: Mapping[str, torch.Tensor],
                                config: dict, extras: Mapping[str, torch.Tensor] | None = None,
                                twin: str | os.PathLike | None = None, twin_write=None) -> None:
@@ -417,7 +338,7 @@ def save_generator_safetensors(path: str | os.PathLike, kind: str, state: Mappin
         write_pair(twin, twin_write, path,
                    lambda tmp, more: save_file(tensors, str(tmp), metadata={**meta, **more}))
         return
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def _official(state: Mapping[str, torch.Tensor], extras: Mapping[str, torch.Tensor] | None = None) -> dict:
@@ -431,7 +352,7 @@ def save_generator_official(path: str | os.PathLike, state: Mapping[str, torch.T
                             extras: Mapping[str, torch.Tensor] | None = None) -> None:
     """Write the official layout ``{"g_ema": state_dict[, "latent_avg"]}`` (torch.save), atomically."""
     obj = _official(state, extras)
-    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike) -> str:

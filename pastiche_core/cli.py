@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
-import warnings
 
-from .errors import PasticheError, debug_enabled, describe_exception, one_line
+from .training import STAGES  # light: the stages are imported lazily
+from .commands.common import CLIParser, run_parsed  # noqa: F401 (run_parsed: part of the CLI's API)
 
 # name -> (module, help). Each module defines ``add_arguments(parser)`` and ``run(args) -> int``
 # and imports its heavy dependencies inside ``run``, so ``--help`` stays fast.
@@ -20,18 +19,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("pastiche_core.commands.generate", "random stylised faces from the style sampler"),
     "styles": ("pastiche_core.commands.styles", "list the styles of a style bank"),
     "train": ("pastiche_core.commands.train",
-              "train a stage of the official pipeline (refine-exstyle, sampler; resumable, torchrun)"),
+              f"train a stage of the official pipeline ({', '.join(STAGES)}; resumable, torchrun)"),
     "download": ("pastiche_core.commands.download",
                  "fetch a style's official files from the Hugging Face Hub (only when run; resumable)"),
     "convert": ("pastiche_core.commands.convert", "convert a generator between the official .pt and our .safetensors"),
 }
-
-
-class CLIParser(argparse.ArgumentParser):
-    """argparse with its usage errors as one ``error:`` line (status 2, as argparse's own)."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,26 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_align(sub)
     return parser
-
-
-def run_parsed(args: argparse.Namespace) -> int:
-    """Run a parsed command: ``error: <one line>`` and status 2 for every failure, never a
-    traceback (unless ``PASTICHE_DEBUG=1``)."""
-    # Our own warnings (demo weights, ...) are printed as one plain line, not with a source excerpt.
-    warnings.showwarning = lambda message, category, *a, **k: print(f"warning: {message}", file=sys.stderr)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except PasticheError as exc:
-        print(f"error: {describe_exception(exc)}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # OSError, MemoryError, torch's RuntimeError, ...: the user gets one line
-        if debug_enabled():  # a bug of ours: show where
-            raise
-        print(f"error: {describe_exception(exc)}", file=sys.stderr)
-        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

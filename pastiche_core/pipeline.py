@@ -31,7 +31,6 @@ from .checkpoints import first_existing
 from .errors import CheckpointError, InputError
 from .models import DEFAULT_INTERP_WEIGHTS, DualStyleGAN, layer_weights
 
-N_STRUCTURE = 7  # latent rows 0..6 are structure, 7.. colour (z+ / w+ colour swap)
 DEMO_LABEL = "DEMO WEIGHTS"
 OFFICIAL_TRUNCATION = 0.75  # style_transfer.py default
 OFFICIAL_STYLE_ID = 53  # style_transfer.py default --style_id
@@ -129,7 +128,7 @@ def demo_encoder(space: str = "z+"):
 
 def demo_sampler():
     """The built-in demo ICP sampler for the 256 px demo generator (7 structure + 7 colour rows)."""
-    from .models.sampler import StyleSampler
+    from .models.sampler import N_STRUCTURE_ROWS as N_STRUCTURE, StyleSampler
 
     n = 2 * int(math.log2(DEMO_SIZE)) - 2
     return _demo_model(lambda: StyleSampler(n_structure=N_STRUCTURE, n_color=n - N_STRUCTURE), "sampler")
@@ -256,10 +255,18 @@ class StylePipeline:
         self._sampler = None
 
     @classmethod
-    def from_folder(cls, root: str | Path, style: str, *, allow_demo: bool = True, **kwargs) -> "StylePipeline":
-        """Pipeline over an official-layout checkpoint folder; demo weights if it holds no files."""
+    def from_folder(cls, root: str | Path, style: str, *, allow_demo: bool = True,
+                    generator: str | Path | None = None, **kwargs) -> "StylePipeline":
+        """Pipeline over an official-layout checkpoint folder; demo weights if it holds no files.
+        ``generator``: this generator file instead of the style's ``generator.pt`` (e.g. a numbered
+        training snapshot, ``generator-001400.pt``)."""
         root = Path(root)
         paths = CheckpointPaths.find(root, style)
+        if generator is not None:
+            if not Path(generator).is_file():
+                raise InputError(f"--generator '{generator}' is not a file (expected a DualStyleGAN generator .pt "
+                                 f"or .safetensors, e.g. a training snapshot generator-001400.pt)")
+            paths.generator = Path(generator)
         if paths.empty and allow_demo:
             warnings.warn(f"{DEMO_LABEL}: no checkpoints in '{root}' (style '{style}'); using built-in random demo "
                           f"weights at {DEMO_SIZE}px. The output only shows the pipeline working. Put the official "
@@ -401,11 +408,12 @@ class StylePipeline:
         if preserve_color and latent.shape[0] != instyle.shape[0]:
             latent = latent.expand(instyle.shape[0], -1, -1)  # one exemplar code, per-face colour rows
         latent = latent.clone()
+        colour = len(g.structure_layers)  # the first colour row
         if preserve_color and not wplus:
-            latent[:, N_STRUCTURE:] = instyle[:, N_STRUCTURE:]
+            latent[:, colour:] = instyle[:, colour:]
         exstyle = g.map_exstyle(latent)
         if preserve_color and wplus:
-            exstyle[:, N_STRUCTURE:] = instyle[:, N_STRUCTURE:]
+            exstyle[:, colour:] = instyle[:, colour:]
         noise, gen = "stored", None
         if isinstance(seed, (list, tuple)):
             if len(seed) != instyle.shape[0]:
@@ -432,11 +440,13 @@ def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = 
             truncation: float = OFFICIAL_TRUNCATION, align_face: bool = False, paste_back: bool = False,
             face: str | int = "largest", detector: str = "dlib", seed: int | None = None,
             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, low_memory: bool = False,
-            pipeline: StylePipeline | None = None, progress: Progress | None = None) -> StylizeResult:
+            pipeline: StylePipeline | None = None, progress: Progress | None = None,
+            generator: str | Path | None = None) -> StylizeResult:
     """Stylise a portrait photo after a bank style or an exemplar image.
 
     photo: a path or an HxWx3 uint8 array; an aligned square face crop unless ``align_face``.
-    checkpoints/style: the official-layout folder and style name (or pass ``pipeline``).
+    checkpoints/style: the official-layout folder and style name (or pass ``pipeline``);
+    ``generator``: another generator file of the style (e.g. a training snapshot).
     style_id: index or name in the style bank (default: the official 53, or 0 for small banks).
     exemplar: an image whose style replaces the bank entry: encoded in one pass (fast mode), or
     refined against the generator for ``exemplar_steps`` steps (faithful mode, see
@@ -451,7 +461,8 @@ def stylize(photo: str | Path | np.ndarray, *, checkpoints: str | Path | None = 
     if pipeline is None:
         if checkpoints is None:
             raise InputError("give a checkpoints folder (or a pipeline)")
-        pipeline = StylePipeline.from_folder(checkpoints, style, device=device, dtype=dtype, low_memory=low_memory)
+        pipeline = StylePipeline.from_folder(checkpoints, style, device=device, dtype=dtype, low_memory=low_memory,
+                                             generator=generator)
     if paste_back and not align_face:
         raise InputError("paste_back needs align_face (the stylised crop is placed with the alignment transform)")
     layer_w = resolve_weights(weights, structure, color)

@@ -2,11 +2,13 @@
 exemplar (what the official ``refine_exstyle.py`` does for the bank codes).
 
 The fast mode (the pSp z+ encoder, destylization stage I) gives a code in one forward pass;
-this refines it against the generator: structure rows 0-6 and colour rows 7.. are optimised
+this refines it against the generator: structure rows (0-6 of an official model) and colour rows are optimised
 with their own learning rates (official defaults: structure 0.005, colour 0.1 as in the
 README's example) for a step budget, rendering with all layer weights 1 and the stored noise.
 The loss is an L1 image loss at two scales; when VGG19 weights are given (``perceptual``, a
-callable ``(image, target) -> loss``) it is added, as the official LPIPS/contextual losses.
+callable ``(image, target) -> loss``, e.g.
+:func:`pastiche_core.training.refine_stage.vgg_refine_loss`) it is added, as the official
+LPIPS/contextual losses.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError, PasticheError
+from .training.options import LR_PRESETS  # torch-free: the one table of both refinements
 
-N_STRUCTURE = 7
 
 
 class Interrupted(PasticheError):
@@ -30,7 +32,8 @@ def image_loss(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def refine_exstyle(generator, instyle_zplus: torch.Tensor, exstyle_zplus: torch.Tensor, target: torch.Tensor, *,
-                   steps: int = 100, lr_structure: float = 0.005, lr_color: float = 0.1,
+                   steps: int = 100, lr_structure: float = LR_PRESETS["readme"][1],
+                   lr_color: float = LR_PRESETS["readme"][0],
                    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                    progress: Callable[[int, int, float], None] | None = None,
                    should_stop: Callable[[], bool] | None = None) -> tuple[torch.Tensor, list[float]]:
@@ -47,10 +50,11 @@ def refine_exstyle(generator, instyle_zplus: torch.Tensor, exstyle_zplus: torch.
     p = next(generator.parameters())
     target = F.adaptive_avg_pool2d(target.to(p), 256)
     instyle = instyle_zplus.to(p).detach()
-    structure = exstyle_zplus[:, :N_STRUCTURE].to(p).detach().clone().requires_grad_(True)
-    color = exstyle_zplus[:, N_STRUCTURE:].to(p).detach().clone().requires_grad_(True)
+    n_structure = len(generator.structure_layers)
+    structure = exstyle_zplus[:, :n_structure].to(p).detach().clone().requires_grad_(True)
+    color = exstyle_zplus[:, n_structure:].to(p).detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([{"params": [structure], "lr": lr_structure}, {"params": [color], "lr": lr_color}])
-    weights = [1.0] * 18
+    weights = [1.0] * generator.n_latent
     losses: list[float] = []
     best, best_loss = torch.cat([structure, color], 1).detach().clone(), float("inf")
     was_training = generator.training
@@ -79,25 +83,3 @@ def refine_exstyle(generator, instyle_zplus: torch.Tensor, exstyle_zplus: torch.
     finally:
         generator.train(was_training)
     return best.float(), losses
-
-
-def vgg_refine_loss(vgg, band_width: float = 0.2) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """A ``perceptual`` callable for :func:`refine_exstyle` with the official refinement's terms
-    on VGG19 (a :class:`pastiche_core.training.losses.VGG19Features`): the LPIPS-shaped perceptual
-    distance (LPIPS's learned heads are not available offline) plus the contextual loss on relu3_1
-    (band width 0.2, cosine), each summed over the batch. The target's features are computed once."""
-    from .training.losses import contextual_loss, perceptual_distance
-
-    cache: dict = {}
-
-    def loss(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if cache.get("target") is not target:  # the same tensor object every step of one refinement
-            with torch.no_grad():
-                cache["feats"] = [f.detach() for f in vgg(target)]
-            cache["target"] = target
-        ft = cache["feats"]
-        fi = vgg(image)
-        return (perceptual_distance(fi, ft).sum()
-                + contextual_loss(fi[2], ft[2], band_width, per_sample=True).sum())
-
-    return loss

@@ -45,16 +45,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import CONFIG_KEY, FORMAT_KEY, FORMAT_VERSION, MODEL_KEY, _atomic_write, read_safetensors
+from .atomic import atomic_write as _atomic_write
+from .weight_files import CONFIG_KEY, FORMAT_KEY, FORMAT_VERSION, MODEL_KEY, read_safetensors
 from .errors import CheckpointError, InputError, short
 from .models.dualstylegan import layer_weights
+from .models.sampler import N_STRUCTURE_ROWS
 from .safe_pickle import load_npy_pickle, parse_json_meta
 
 BANK_MODEL = "style_bank"
 NAMES_KEY = "pastiche.names"
 SPACE_KEY = "pastiche.space"
 SPACES = ("z+", "w+")
-N_STRUCTURE = 7  # rows 0..6 are structure, 7.. colour (res_index 6 + 1)
+N_STRUCTURE = N_STRUCTURE_ROWS  # the official split of a bank code: rows 0..6 structure, 7.. colour
 BANK_EXPECTED = ("a style bank (the official exstyle_code.npy / refined_exstyle_code.npy / instyle_code.npy, "
                  "or a Pastiche .safetensors bank)")
 

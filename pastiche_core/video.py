@@ -313,7 +313,7 @@ def run_stylize_video(args) -> int:
               file=sys.stderr)
     device, dtype = torch_device_dtype(args)
     pipe = StylePipeline.from_folder(args.checkpoints, args.style, device=device, dtype=dtype,
-                                     low_memory=args.low_memory)
+                                     low_memory=args.low_memory, generator=getattr(args, "generator", None))
     if args.exemplar is not None:
         ex_rgb = exemplar_face(args.exemplar, args.detector)
         ex_latent = (pipe.faithful_exemplar_code(ex_rgb, args.exemplar_steps) if args.exemplar_steps

@@ -307,7 +307,7 @@ def test_cli_argument_errors(tmp_path, monkeypatch, capsys):
 
 def test_vgg_refine_loss_for_the_faithful_exemplar_mode():
     """refine.vgg_refine_loss: the official refinement terms as refine_exstyle's ``perceptual``."""
-    from pastiche_core.refine import vgg_refine_loss
+    from pastiche_core.training.refine_stage import vgg_refine_loss
 
     vgg = VGG19Features(3).load_features(vgg_fixture_state(3))
     calls = []

@@ -447,3 +447,59 @@ def test_finetune_input_errors(ckpts, dual_runs, tmp_path):
     with pytest.raises(CheckpointError, match="missing generator-pretrain.pt"):
         finetune_dualstylegan(tmp_path, ckpts / "style", tmp_path / "o", dual_runs["vgg"], make_id_loss(),
                               dual_runs["instyle"], dual_runs["exstyle"], gan_config(2))
+
+
+def test_numbered_snapshots_and_a_sample_grid(ckpts, dual_runs, tmp_path, capsys):
+    """finetune with snapshot_every 2: generator-000002.pt / -000004.pt (six digits; never the
+    pretrain file's name) and samples-NNNNNN.png; a snapshot is a generator inference loads."""
+    import shutil
+
+    from pastiche_core import cli
+    from pastiche_core.pipeline import StylePipeline
+    from pastiche_core.training.dualstylegan_stage import finetune_dualstylegan
+
+    out = tmp_path / "toon"
+    out.mkdir()
+    shutil.copyfile(dual_runs["out"] / "generator-pretrain.pt", out / "generator-pretrain.pt")
+    with module_setup():
+        result = finetune_dualstylegan(ckpts, ckpts / "style", out, dual_runs["vgg"], make_id_loss(),
+                                       dual_runs["instyle"], dual_runs["exstyle"], gan_config(4, snapshot_every=2))
+    assert result.finished
+    assert sorted(p.name for p in out.glob("generator-0*.pt")) == ["generator-000002.pt", "generator-000004.pt"]
+    assert (out / "generator-pretrain.pt").is_file()
+    for step in (2, 4):
+        with Image.open(out / f"samples-{step:06d}.png") as im:
+            assert im.size == (4 * SIZE, SIZE)
+    from pastiche_core.checkpoints import safe_torch_load
+
+    def g_ema(name):
+        return safe_torch_load(out / name, name)["g_ema"]
+
+    snap, final = g_ema("generator-000002.pt"), g_ema("generator-000004.pt")
+    assert list(snap) == list(final) and any(not torch.equal(snap[k], final[k]) for k in snap)
+    # the last snapshot is the finished run's generator
+    assert all(torch.equal(final[k], v) for k, v in g_ema("generator.pt").items())
+    # inference picks a snapshot instead of generator.pt (narrow test models: the path, not the weights)
+    pipe = StylePipeline.from_folder(tmp_path, "toon", allow_demo=False, generator=out / "generator-000002.pt")
+    assert pipe.paths.generator == out / "generator-000002.pt"
+    code = cli.main(["stylize", str(out / "samples-000002.png"), "--checkpoints", str(tmp_path), "--style", "toon",
+                     "--generator", str(out / "nope.pt"), "--out", str(tmp_path / "x.png")])
+    assert code == 2 and "--generator" in capsys.readouterr().err
+
+
+def test_a_finished_run_extends_with_more_iters(ckpts, tmp_path):
+    """--resume with a larger --iters continues a finished finetune-stylegan run: the same
+    weights and losses, bit for bit, as one run of that many steps; fewer iters are refused."""
+    from pastiche_core.checkpoints import safe_torch_load
+
+    with module_setup():
+        short = run_finetune_stylegan(ckpts, tmp_path / "a", 2)
+        extended = run_finetune_stylegan(ckpts, tmp_path / "a", 4, resume=True)
+        straight = run_finetune_stylegan(ckpts, tmp_path / "b", 4)
+        assert short.finished and extended.finished and extended.steps_done == 4
+        assert extended.losses == straight.losses and extended.losses[:2] == short.losses
+        a = safe_torch_load(tmp_path / "a" / "finetune-000004.pt", "finetune")["g_ema"]
+        b = safe_torch_load(tmp_path / "b" / "finetune-000004.pt", "finetune")["g_ema"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        with pytest.raises(CheckpointError, match="iters: checkpoint 4, now 3"):
+            run_finetune_stylegan(ckpts, tmp_path / "a", 3, resume=True)

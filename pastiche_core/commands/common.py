@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, PasticheError, debug_enabled, describe_exception, one_line
 
 
 
@@ -65,3 +66,30 @@ def save_png(out: Path, rgb, *, demo: bool, text: dict[str, str] | None = None) 
     meta.update(text or {})
     alpha = rgb[:, :, 3] if rgb.shape[2] == 4 else None
     save_image(out, rgb[:, :, :3], alpha, text=meta)
+
+
+class CLIParser(argparse.ArgumentParser):
+    """argparse with its usage errors as one ``error:`` line (status 2, as argparse's own)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    """Run a parsed command: ``error: <one line>`` and status 2 for every failure, never a
+    traceback (unless ``PASTICHE_DEBUG=1``)."""
+    # Our own warnings (demo weights, ...) are printed as one plain line, not with a source excerpt.
+    warnings.showwarning = lambda message, category, *a, **k: print(f"warning: {message}", file=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except PasticheError as exc:
+        print(f"error: {describe_exception(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # OSError, MemoryError, torch's RuntimeError, ...: the user gets one line
+        if debug_enabled():  # a bug of ours: show where
+            raise
+        print(f"error: {describe_exception(exc)}", file=sys.stderr)
+        return 2

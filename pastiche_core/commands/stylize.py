@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paste-back", action="store_true", help="paste the stylised face back into the photo (with --align-face)")
     parser.add_argument("--seed", type=int, metavar="N",
                         help="draw the noise maps as the official script after torch.manual_seed(N) (default: fixed stored noise)")
+    parser.add_argument("--generator", metavar="FILE",
+                        help="this DualStyleGAN generator instead of the style's generator.pt (e.g. a training "
+                             "snapshot OUT/generator-001400.pt written with --snapshot-every)")
     parser.add_argument("--low-memory", action="store_true", help="keep only one model in memory at a time")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument("--out", required=True, metavar="OUT.png", help="output image (.png, .jpg, .webp); with --video a folder")
@@ -66,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
                      weights=args.weights, structure=args.structure, color=args.color, truncation=args.truncation,
                      align_face=args.align_face, paste_back=args.paste_back,
                      face=int(args.face) if str(args.face).isdigit() else args.face, detector=args.detector, seed=args.seed, device=device,
-                     dtype=dtype, low_memory=args.low_memory, progress=progress_printer(args.quiet))
+                     dtype=dtype, low_memory=args.low_memory, progress=progress_printer(args.quiet),
+                     generator=args.generator)
     save_png(out, result.image, demo=result.demo,
              text={"pastiche:style": str(result.style_name), "pastiche:settings": json.dumps(result.info)})
     label = " [DEMO WEIGHTS]" if result.demo else ""

@@ -58,14 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the style images (official data/NAME/images/train), or for finetune-stylegan and "
                              "pretrain an lmdb folder made by the official prepare_data.py (e.g. data/ffhq/lmdb)")
     parser.add_argument("--out", metavar="DIR", help="output folder (results and the resumable training state)")
-    parser.add_argument("--iters", type=int, metavar="N",
-                        help="refine-exstyle: steps per image batch (official 100); sampler: Adam steps per net "
-                             "(default: the official int(500000 / n_codes) epochs)")
-    parser.add_argument("--batch", type=int, metavar="B",
-                        help="global batch, split over processes (refine-exstyle: images per batch, default 1; "
-                             "sampler: default 128)")
-    parser.add_argument("--size", type=int, default=256, metavar="S",
-                        help="refine-exstyle: resolution the losses compare at (official 256)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state/STAGE.pt")
     parser.add_argument("--force", action="store_true",
                         help="start afresh even though OUT already has a training state of STAGE (replacing it "
@@ -84,15 +76,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-preset", choices=("script", "readme"), default="script",
                         help="refine-exstyle learning rates: script = the official defaults (colour 0.01, "
                              "structure 0.005), readme = the README's example (colour 0.1, structure 0.005)")
-    parser.add_argument("--lr-color", type=float, metavar="LR", help="refine-exstyle: colour-code learning rate")
-    parser.add_argument("--lr-structure", type=float, metavar="LR", help="refine-exstyle: structure-code learning rate")
-    parser.add_argument("--loss", choices=("lpips", "vgg", "pixel"), default=None,
-                        help="destylize / refine-exstyle image loss: lpips = the official LPIPS (needs "
-                             "vgg16-397923af.pth; refine-exstyle adds the VGG19 contextual loss), vgg = a VGG19 "
-                             "distance without LPIPS's learned heads, pixel = L1 (no network file). Default: lpips "
-                             "for a new run; --resume keeps the loss the run was started with")
-    parser.add_argument("--lr", type=float, metavar="LR",
-                        help="learning rate (finetune-stylegan/pretrain/finetune: 0.002; destylize: 0.1)")
     parser.add_argument("--start", metavar="FILE",
                         help="starting checkpoint (default: stylegan2-ffhq-config-f.pt for finetune-stylegan and "
                              "pretrain, generator-pretrain.pt for finetune, the newest finetune-*.pt for destylize, "
@@ -100,22 +83,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", metavar="FILE",
                         help="destylize: the fine-tuned StyleGAN2 in the checkpoint folders (official "
                              "finetune-000600.pt; else the newest finetune-*.pt)")
-    parser.add_argument("--truncation", type=float, metavar="T", help="destylize: truncation of g(z) (official 0.7)")
-    parser.add_argument("--augment", action="store_true", help="GAN stages: adaptive discriminator augmentation")
-    parser.add_argument("--augment-p", type=float, metavar="P", help="GAN stages: fixed augmentation probability")
-    parser.add_argument("--r1", type=float, help="GAN stages: R1 weight (official 10)")
-    parser.add_argument("--mixing", type=float, help="GAN stages: style-mixing probability (official 0.9)")
-    parser.add_argument("--subspace-freq", type=int, metavar="N",
-                        help="pretrain: every N-th step uses the encoder's code (official 4); finetune: every N-th "
-                             "step is unpaired (official 2)")
-    parser.add_argument("--style-loss", type=float, metavar="W", help="finetune: feature-mean style loss (0.25)")
-    parser.add_argument("--cx-loss", type=float, metavar="W", help="finetune: contextual loss (0.25)")
-    parser.add_argument("--perc-loss", type=float, metavar="W", help="finetune: perceptual loss (1)")
-    parser.add_argument("--id-loss", type=float, metavar="W", help="finetune: identity loss (1)")
-    parser.add_argument("--l2-reg-loss", type=float, metavar="W", help="finetune: L2 of the extrinsic path (0.015)")
     parser.add_argument("--no-face-check", action="store_true",
                         help="do not look for a face in every training image before training (the check only warns)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_arguments(parser)
+
+
+def config_options() -> dict[str, dict]:
+    """Every stage's user options merged by name: ``{name: {"field", "defaults": {stage: value},
+    "helps": [...]}}`` (from the stages' Configs, :mod:`pastiche_core.training.options`)."""
+    from ..training.options import CONFIGS, default, user_options
+
+    merged: dict[str, dict] = {}
+    for stage, cls in CONFIGS.items():
+        for name, f in user_options(cls).items():
+            entry = merged.setdefault(name, {"field": f, "defaults": {}, "helps": []})
+            entry["defaults"][stage] = default(cls, name)
+            if f.metadata["help"] not in entry["helps"]:
+                entry["helps"].append(f.metadata["help"])
+    return merged
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per user option of the stages' Configs, its help and defaults from there."""
+    for name, entry in config_options().items():
+        f, values = entry["field"], entry["defaults"]
+        shown = ", ".join(f"{stage} {value}" for stage, value in values.items() if value is not None)
+        text = "; ".join(entry["helps"]) + (f" (official: {shown})" if shown else "")
+        kind = next(type(v) for v in [*values.values(), 0] if v is not None)
+        flags = ["--" + name.replace("_", "-"), *f.metadata["flags"]]
+        if kind is bool:
+            parser.add_argument(*flags, dest=name, action="store_true", default=None, help=text.replace("%", "%%"))
+        else:
+            parser.add_argument(*flags, dest=name, type=kind, choices=f.metadata["choices"], default=None,
+                                metavar=None if f.metadata["choices"] else name.split("_")[0].upper(),
+                                help=text.replace("%", "%%"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,13 +200,9 @@ def run(args: argparse.Namespace) -> int:
 
         state = state_path(out, args.stage)
         _say(f"resuming from {state}" if state.is_file() else f"--resume: no training state at {state}; starting afresh")
-    options = {"iters": args.iters, "batch": args.batch, "size": args.size, "lr": args.lr, "bank": args.bank,
-               "instyle": args.instyle, "lr_preset": args.lr_preset, "lr_color": args.lr_color,
-               "lr_structure": args.lr_structure, "loss": args.loss, "start": args.start,
-               "model_name": args.model_name, "truncation": args.truncation, "augment": args.augment or None,
-               "augment_p": args.augment_p, "r1": args.r1, "mixing": args.mixing, "subspace_freq": args.subspace_freq,
-               "style_loss": args.style_loss, "CX_loss": args.cx_loss, "perc_loss": args.perc_loss,
-               "id_loss": args.id_loss, "L2_reg_loss": args.l2_reg_loss, "face_check": not args.no_face_check}
+    options = {name: getattr(args, name) for name in config_options()}
+    options.update({"bank": args.bank, "instyle": args.instyle, "lr_preset": args.lr_preset, "start": args.start,
+                    "model_name": args.model_name, "face_check": not args.no_face_check})
     with _StopOnSigint() as stop:
         bar = _Bar(args.quiet, args.stage)
         try:

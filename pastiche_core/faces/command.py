@@ -184,7 +184,7 @@ def run_align(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..cli import CLIParser  # noqa: PLC0415
+    from ..commands.common import CLIParser  # noqa: PLC0415
 
     parser = CLIParser(prog="python -m pastiche_core.faces.command", description="Pastiche face tools.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import run_parsed  # noqa: PLC0415
+    from ..commands.common import run_parsed  # noqa: PLC0415
 
     return run_parsed(build_parser().parse_args(argv))
 

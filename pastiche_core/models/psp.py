@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import safe_torch_load
+from ..weight_files import safe_torch_load
 from ..errors import CheckpointError, InputError, short
 from .irse import make_body, make_input_layer
 from .ops import EqualLinear

@@ -39,7 +39,8 @@ import json
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import CONFIG_KEY, FORMAT_KEY, FORMAT_VERSION, MODEL_KEY, _atomic_write, read_safetensors, safe_torch_load
+from ..atomic import atomic_write
+from ..weight_files import CONFIG_KEY, FORMAT_KEY, FORMAT_VERSION, MODEL_KEY, read_safetensors, safe_torch_load
 from ..errors import CheckpointError, InputError, short
 
 SAMPLER_EXPECTED = ("a DualStyleGAN sampler.pt (a dict {'color': state dict, 'structure': state dict} "
@@ -330,7 +331,7 @@ def save_sampler_safetensors(path: str | os.PathLike, model: "StyleSampler",
         write_pair(twin, lambda tmp: torch.save(obj, tmp), path,
                    lambda tmp, more: save_file(tensors, str(tmp), metadata={**meta, **more}))
         return
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load_sampler_safetensors(path: str | os.PathLike) -> "StyleSampler":

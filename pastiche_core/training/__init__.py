@@ -3,25 +3,26 @@
 Stages, in the order they run: ``finetune-stylegan`` (:func:`finetune_stylegan`), ``destylize``
 (:func:`destylize`), ``pretrain`` (:func:`pretrain_dualstylegan`), ``finetune``
 (:func:`finetune_dualstylegan`), ``refine-exstyle`` (:func:`refine_exstyle_codes`) and
-``sampler`` (:func:`train_sampler`); :func:`run_stage` finds a stage's inputs and runs it.
-Heavy modules are imported lazily.
+``sampler`` (:func:`train_sampler`); :func:`run_stage` finds a stage's inputs and runs it (a table,
+:data:`~.runner.RUNNERS`). Every stage runs in the one resumable loop of :mod:`.loop`; its
+settings are a typed Config in :mod:`.options`, the only home of the official defaults (the
+CLI's flags and the node's inputs are made from it). Heavy modules are imported lazily.
 """
 from __future__ import annotations
 
 STAGES = ("finetune-stylegan", "destylize", "pretrain", "finetune", "refine-exstyle", "sampler")
-IMPLEMENTED_STAGES = STAGES
 GAN_STAGES = ("finetune-stylegan", "pretrain", "finetune")
 
 _LAZY = {
-    "train_sampler": ".sampler_stage", "SamplerConfig": ".sampler_stage", "load_sampler_safetensors": "..models.sampler",
-    "refine_exstyle_codes": ".refine_stage", "RefineConfig": ".refine_stage",
-    "StageResult": ".common", "StageNotImplemented": ".common",
+    "train_sampler": ".sampler_stage", "SamplerConfig": ".options", "load_sampler_safetensors": "..models.sampler",
+    "refine_exstyle_codes": ".refine_stage", "RefineConfig": ".options",
+    "StageResult": ".common",
     "MissingLossNetworkError": ".losses", "VGG19Features": ".losses", "IDLoss": ".losses",
     "load_state": ".checkpointing", "save_state": ".checkpointing", "make_state": ".checkpointing",
     "apply_state": ".checkpointing",
     "run_stage": ".runner", "finetune_stylegan": ".stylegan_stage", "destylize": ".destylize_stage",
-    "DestylizeConfig": ".destylize_stage", "pretrain_dualstylegan": ".dualstylegan_stage",
-    "finetune_dualstylegan": ".dualstylegan_stage", "GANConfig": ".gan", "AdaptiveAugment": ".augment",
+    "DestylizeConfig": ".options", "PretrainConfig": ".options", "FinetuneConfig": ".options", "pretrain_dualstylegan": ".dualstylegan_stage",
+    "finetune_dualstylegan": ".dualstylegan_stage", "GANConfig": ".options", "Loop": ".loop", "AdaptiveAugment": ".augment",
     "augment": ".augment",
 }
 
@@ -34,4 +35,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["GAN_STAGES", "IMPLEMENTED_STAGES", "STAGES", *_LAZY]
+__all__ = ["GAN_STAGES", "STAGES", *_LAZY]

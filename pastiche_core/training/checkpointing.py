@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write, remove_dead_temps
-from ..checkpoints import safe_torch_load
+from ..weight_files import safe_torch_load
 from ..errors import CheckpointError, short
 
 FORMAT = "pastiche.train_state"

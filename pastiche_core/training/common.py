@@ -11,18 +11,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import first_existing  # noqa: F401 (re-exported)
-from ..errors import CheckpointError, InputError, PasticheError
+from ..weight_files import first_existing  # noqa: F401 (re-exported)
+from ..errors import CheckpointError, InputError
 
 # progress(done_steps, total_steps, info) -- info has at least "loss" (float) and "stage"
 Progress = Callable[[int, int, dict], None]
 ShouldStop = Callable[[], bool]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-class StageNotImplemented(PasticheError):
-    """A training stage of the official pipeline that this version does not provide."""
 
 
 @dataclass
@@ -137,6 +133,6 @@ def to_size(image: torch.Tensor, size: int) -> torch.Tensor:
     return image.reshape(b, c, size, f, size, f).mean(dim=(3, 5))
 
 
-__all__ = ["IMAGE_SUFFIXES", "pixel_loss", "to_size", "Progress", "ShouldStop", "StageNotImplemented", "StageResult", "check_compatible",
+__all__ = ["IMAGE_SUFFIXES", "pixel_loss", "to_size", "Progress", "ShouldStop", "StageResult", "check_compatible",
            "confined", "derived_seed", "find_style_images", "first_existing", "load_style_image", "style_dir",
            "tensor_fingerprint"]

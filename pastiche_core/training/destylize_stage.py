@@ -56,7 +56,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +65,11 @@ import torch.nn.functional as F
 from ..errors import InputError, PasticheError
 from ..styles import StyleBank
 from . import distributed as D
-from .checkpointing import load_state, make_state, restore_rng, save_state, state_path
-from .common import (IMAGE_SUFFIXES, check_compatible, derived_seed, load_style_image, pixel_loss, Progress,
+from .checkpointing import restore_rng
+from .common import (IMAGE_SUFFIXES, derived_seed, load_style_image, pixel_loss, Progress,
                      ShouldStop, StageResult, tensor_fingerprint, to_size)
+from .options import LOSSES, DestylizeConfig
+from .loop import Batches, Loop, detached_optimizer_state, dist_session
 from .losses import IRSE50_FILE, VGG16_FILE, VGG19_FILE, IDLoss, VGG19Features, noise_normalize_, noise_regularize, \
     perceptual_distance
 
@@ -80,23 +81,6 @@ INSTYLE_SAFETENSORS = "instyle_code.safetensors"
 VIS_DIR = "destylization"
 COLOR_START = 8        # official: latent[:, 8:18] = latent_e[:, 8:18] (note: 8, not 7)
 IMAGE_SIZE = 256       # the encoder's input and the official image size
-LOSSES = ("lpips", "vgg", "pixel")
-
-
-@dataclass
-class DestylizeConfig:
-    iters: int = 300            # official --iter (stage II steps per batch)
-    batch: int = 1              # official --batch, split over ranks
-    truncation: float = 0.7     # official --truncation (stage II rendering with the original generator)
-    lr: float = 0.1             # base lr, with the official ramp (cosine ramp-down last 25 %, linear ramp-up first 5 %)
-    id_weight: float = 0.1
-    noise_weight: float = 1e5
-    reg_weight: float = 1.0     # mean over channels of the std over layers of z
-    size: int = 256             # loss resolution
-    loss: str = "lpips"         # "lpips" (official), "vgg" (VGG19 distance without LPIPS's heads) or "pixel" (L1)
-    seed: int = 0
-    save_every: int = 20
-    device: str = "cpu"
 
 
 def get_lr(t: float, initial_lr: float, rampdown: float = 0.25, rampup: float = 0.05) -> float:
@@ -167,14 +151,10 @@ def destylize(finetuned, original, encoder, data: str | os.PathLike, out_dir: st
     for torchrun runs (each rank optimises its shard of every batch; only rank 0 writes).
     """
     cfg = config or DestylizeConfig()
-    ctx = dist_ctx or D.setup(cfg.device)
-    try:
+    with dist_session(cfg.device, dist_ctx) as ctx:
         perceptual = {"lpips": lpips, "vgg": vgg}.get(cfg.loss)
         return _destylize(finetuned, original, encoder, Path(data), Path(out_dir), cfg, perceptual, id_loss, ctx,
                           resume, progress, should_stop)
-    finally:
-        if dist_ctx is None:
-            D.cleanup(ctx)
 
 
 def _validate(finetuned, original, encoder, cfg: DestylizeConfig, vgg, id_loss, world: int,
@@ -300,58 +280,16 @@ def _destylize(finetuned, original, encoder, data: Path, out: Path, cfg: Destyli
                   "vgg": _model_fingerprint(vgg) if cfg.loss == "vgg" else None,
                   "lpips": _model_fingerprint(vgg) if cfg.loss == "lpips" else None,
                   "id_loss": _model_fingerprint(id_loss) if use_id else None}
-    ckpt = state_path(out, STAGE)
-    finished: dict[str, dict[str, torch.Tensor]] = {"exstyle": {}, "instyle": {}}
-    losses: list[float] = []
-    k, it = 0, 0
-    pending = None  # this rank's saved in-progress batch
-    if resume and ckpt.is_file():
-        state = load_state(ckpt, STAGE)
-        keys = ["iters", "batch", "truncation", "lr", "id_weight", "noise_weight", "reg_weight", "size", "loss",
-                "seed", "names", "images", "finetuned", "original", "encoder", "vgg", "lpips", "id_loss"]
-        ex = state["extra"]
-        if ex["ranks"] is not None:
-            keys.append("world_size")  # a batch in progress is split by rank
-        check_compatible(state["config"], run_config, keys, ckpt)
-        restore_rng(state["rng"])
-        k, it = int(ex["batch_index"]), int(ex["iter"])
-        finished = {"exstyle": dict(ex["done"]["exstyle"]), "instyle": dict(ex["done"]["instyle"])}
-        losses = [float(v) for v in ex["losses"].tolist()]
-        if ex["ranks"] is not None:
-            pending = ex["ranks"][ctx.rank]
-    done = k * cfg.iters + it
+    loop = Loop(STAGE, out, ctx, total, run_config, cfg.save_every, progress, should_stop, notes=notes)
 
-    def checkpoint(live, is_finished: bool = False) -> None:
-        ranks = D.gather_objects(live, ctx) if live is not None else None
-        if ctx.is_main:
-            extra = {"batch_index": k, "iter": it, "done": finished, "ranks": ranks,
-                     "losses": torch.tensor(losses, dtype=torch.float64)}
-            save_state(ckpt, make_state(STAGE, done, total, config=run_config, extra=extra, finished=is_finished))
-        D.barrier(ctx)
-
-    def stop_now() -> bool:
-        if should_stop is None and not ctx.distributed:
-            return False
-        return D.stop_requested(bool(should_stop is not None and ctx.is_main and should_stop()), ctx)
-
-    D.check_same_run(ctx, run_config, {"g' weights": finetuned, "g weights": original, "encoder weights": encoder,
-                                       "step": done, "codes done": finished})
-    stopped = False
-    live = None
-    while k < n_batches:
+    def begin(k: int, saved: dict | None) -> dict:
         idx = local_indices(k)
-        batch_names = [names[i] for i in idx]
-        n_global = len(global_indices(k))
-        if pending is None and stop_now():  # a stop between batches: nothing of batch k computed yet
-            stopped = True
-            break
-        checked = pending is None  # the stop check of this step boundary is done
         images = torch.stack([load_style_image(paths[i], IMAGE_SIZE) for i in idx]).to(device)
         targets = to_size(images, cfg.size)
-        if pending is not None:
-            z_e = pending["z_e"].to(device)
-            z = pending["z"].to(device).requires_grad_(True)
-            noises = [t.to(device).requires_grad_(True) for t in pending["noises"]]
+        if saved is not None:
+            z_e = saved["z_e"].to(device)
+            z = saved["z"].to(device).requires_grad_(True)
+            noises = [t.to(device).requires_grad_(True) for t in saved["noises"]]
         else:
             # Stage I: the exemplar's extrinsic code
             with torch.no_grad():
@@ -364,68 +302,52 @@ def _destylize(finetuned, original, encoder, data: Path, out: Path, cfg: Destyli
             noises = [torch.cat([maps[l] for maps in per_image]).to(device).requires_grad_(True)
                       for l in range(len(per_image[0]))]
         opt = torch.optim.Adam([z] + noises, lr=cfg.lr)
-        if pending is not None:
-            opt.load_state_dict(pending["optimizer"])
-            pending = None
+        if saved is not None:
+            opt.load_state_dict(saved["optimizer"])
         with torch.no_grad():
             target_feats = (vgg(targets) if cfg.loss == "vgg" else vgg.features(targets) if cfg.loss == "lpips"
                             else None)
+        return {"names": [names[i] for i in idx], "n_global": len(global_indices(k)), "images": images,
+                "targets": targets, "z_e": z_e, "z": z, "noises": noises, "opt": opt, "target_feats": target_feats}
 
-        def snapshot():
-            sd = opt.state_dict()
-            return {"z_e": z_e.detach().cpu().clone(), "z": z.detach().cpu().clone(),
-                    "noises": [t.detach().cpu().clone() for t in noises],
-                    "optimizer": {"state": {i: {kk: (vv.detach().cpu().clone() if torch.is_tensor(vv) else vv)
-                                                for kk, vv in s.items()} for i, s in sd["state"].items()},
-                                  "param_groups": sd["param_groups"]}}
+    def iterate(b: dict, it: int) -> dict:
+        """Stage II: optimise z and the noise maps against the style image through g'."""
+        z, noises, opt, images = b["z"], b["noises"], b["opt"], b["images"]
+        opt.param_groups[0]["lr"] = get_lr(it / cfg.iters, cfg.lr)
+        with torch.enable_grad():
+            image = finetuned(z, input_space="z", noise=noises)
+            image = to_size(image, cfg.size)
+            if cfg.loss == "vgg":
+                image_terms = perceptual_distance(vgg(image), b["target_feats"])
+            elif cfg.loss == "lpips":
+                image_terms = vgg.distance(vgg.features(image), b["target_feats"])
+            else:
+                image_terms = pixel_loss(image, b["targets"])
+            id_terms = (id_loss(image, images, per_sample=True) if use_id
+                        else torch.zeros(len(b["names"]), device=device))
+            reg_terms = code_regularizer(z)
+            noise_terms = noise_regularize(noises, per_sample=True)
+            per_image_loss = (image_terms + cfg.id_weight * id_terms + cfg.reg_weight * reg_terms
+                              + cfg.noise_weight * noise_terms)
+            loss = per_image_loss.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        noise_normalize_(noises, per_sample=True)
+        sums = D.all_reduce_sum(torch.stack([t.detach().sum() for t in
+                                             (per_image_loss, image_terms, id_terms, reg_terms, noise_terms)]), ctx)
+        value, image_value, id_value, reg_value, noise_value = (float(v) / b["n_global"] for v in sums)
+        if not math.isfinite(value):
+            raise PasticheError(f"destylize: the loss became {value} at step {it + 1} of batch {batches.k + 1} "
+                                f"({', '.join(b['names'])}); try a lower --lr")
+        return {"loss": value, "image_loss": image_value, "id_loss": id_value, "reg_loss": reg_value,
+                "noise_loss": noise_value, "batch": batches.k, "images": b["names"], "lr": opt.param_groups[0]["lr"]}
 
-        # Stage II: optimise z and the noise maps against the style image through g'
-        while it < cfg.iters:
-            if not checked and stop_now():
-                stopped = True
-                break
-            checked = False
-            opt.param_groups[0]["lr"] = get_lr(it / cfg.iters, cfg.lr)
-            with torch.enable_grad():
-                image = finetuned(z, input_space="z", noise=noises)
-                image = to_size(image, cfg.size)
-                if cfg.loss == "vgg":
-                    image_terms = perceptual_distance(vgg(image), target_feats)
-                elif cfg.loss == "lpips":
-                    image_terms = vgg.distance(vgg.features(image), target_feats)
-                else:
-                    image_terms = pixel_loss(image, targets)
-                id_terms = (id_loss(image, images, per_sample=True) if use_id
-                            else torch.zeros(len(idx), device=device))
-                reg_terms = code_regularizer(z)
-                noise_terms = noise_regularize(noises, per_sample=True)
-                per_image_loss = (image_terms + cfg.id_weight * id_terms + cfg.reg_weight * reg_terms
-                                  + cfg.noise_weight * noise_terms)
-                loss = per_image_loss.sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            noise_normalize_(noises, per_sample=True)
-            sums = D.all_reduce_sum(torch.stack([t.detach().sum() for t in
-                                                 (per_image_loss, image_terms, id_terms, reg_terms, noise_terms)]), ctx)
-            value, image_value, id_value, reg_value, noise_value = (float(v) / n_global for v in sums)
-            if not math.isfinite(value):
-                raise PasticheError(f"destylize: the loss became {value} at step {it + 1} of batch {k + 1} "
-                                    f"({', '.join(batch_names)}); try a lower --lr")
-            losses.append(value)
-            it += 1
-            done += 1
-            if it < cfg.iters and done % cfg.save_every == 0:
-                checkpoint(snapshot())
-            if progress is not None and ctx.is_main:
-                progress(done, total, {"stage": STAGE, "loss": value, "image_loss": image_value, "id_loss": id_value,
-                                       "reg_loss": reg_value, "noise_loss": noise_value, "batch": k,
-                                       "images": batch_names, "lr": opt.param_groups[0]["lr"]})
-        if stopped:
-            live = snapshot() if it > 0 else None
-            break
-        # Keep the exemplar's colour rows, render the realistic face with the original g (optimised
-        # noise, truncation towards 0), then Stage III: embed it.
+    def end(b: dict, k: int) -> None:
+        """Keep the exemplar's colour rows, render the realistic face with the original g (optimised
+        noise, truncation towards 0), then Stage III: embed it; collect every rank's codes (first
+        occurrence wins over padding repeats)."""
+        z, z_e, noises, images = b["z"], b["z_e"], b["noises"], b["images"]
         with torch.no_grad():
             z_hat = z.detach().clone()
             z_hat[:, COLOR_START:] = z_e[:, COLOR_START:]
@@ -436,9 +358,9 @@ def _destylize(finetuned, original, encoder, data: Path, out: Path, cfg: Destyli
             z_i[:, COLOR_START:] = z_e[:, COLOR_START:]
             refined = F.adaptive_avg_pool2d(original(z_i, input_space="z", truncation=cfg.truncation,
                                                      truncation_latent=0.0, noise=noises), IMAGE_SIZE)
-        # collect every rank's codes (first occurrence wins over padding repeats)
         mine = [(name, z_e[j:j + 1].detach().cpu().clone(), z_i[j:j + 1].detach().cpu().clone(),
-                 [images[j].cpu(), destylized[j].cpu(), refined[j].cpu()]) for j, name in enumerate(batch_names)]
+                 [images[j].cpu(), destylized[j].cpu(), refined[j].cpu()]) for j, name in enumerate(b["names"])]
+        finished = batches.done
         for rank_items in D.gather_objects(mine, ctx):
             for name, ze, zi, vis in rank_items:
                 if name in finished["exstyle"]:
@@ -447,23 +369,34 @@ def _destylize(finetuned, original, encoder, data: Path, out: Path, cfg: Destyli
                 finished["instyle"][name] = zi
                 if ctx.is_main:
                     _save_visualisation(out / VIS_DIR / f"{Path(name).stem}.png", vis)
-        k, it = k + 1, 0
-        if done % cfg.save_every == 0 and k < n_batches:
-            checkpoint(None)
 
-    if stopped:
-        checkpoint(live)
-        return StageResult(STAGE, done, total, True, ckpt, [], losses, notes)
-    checkpoint(None, is_finished=True)
-    outputs = [out / EXSTYLE_NPY, out / INSTYLE_NPY, out / EXSTYLE_SAFETENSORS, out / INSTYLE_SAFETENSORS]
-    exstyle = StyleBank(names, [finished["exstyle"][nm] for nm in names], space="z+")
-    instyle = StyleBank(names, [finished["instyle"][nm] for nm in names], space="z+")
-    if ctx.is_main:
-        exstyle.save_pair(outputs[0], outputs[2])
-        instyle.save_pair(outputs[1], outputs[3])
-    D.barrier(ctx)
-    return StageResult(STAGE, done, total, False, ckpt, outputs, losses, notes,
-                       {"instyle": instyle, "exstyle": exstyle})
+    def snapshot(b: dict) -> dict:
+        return {"z_e": b["z_e"].detach().cpu().clone(), "z": b["z"].detach().cpu().clone(),
+                "noises": [t.detach().cpu().clone() for t in b["noises"]],
+                "optimizer": detached_optimizer_state(b["opt"])}
+
+    batches = Batches(cfg.iters, ctx, {"exstyle": {}, "instyle": {}}, begin, iterate, end, snapshot)
+    keys = ["iters", "batch", "truncation", "lr", "id_weight", "noise_weight", "reg_weight", "size", "loss",
+            "seed", "names", "images", "finetuned", "original", "encoder", "vgg", "lpips", "id_loss"]
+    # a batch in progress is split by rank
+    state = loop.load(resume, lambda st: keys + (["world_size"] if st["extra"]["ranks"] is not None else []))
+    if state is not None:
+        restore_rng(state["rng"])
+        batches.restore(state["extra"])
+        batches.done.update({k: dict(v) for k, v in batches.done.items()})
+    loop.check_same_run({"g' weights": finetuned, "g weights": original, "encoder weights": encoder,
+                         "step": batches.steps_done, "codes done": batches.done})
+
+    def finish():
+        outputs = [out / EXSTYLE_NPY, out / INSTYLE_NPY, out / EXSTYLE_SAFETENSORS, out / INSTYLE_SAFETENSORS]
+        banks = {kind: StyleBank(names, [batches.done[kind][nm] for nm in names], space="z+")
+                 for kind in ("exstyle", "instyle")}
+        if ctx.is_main:
+            banks["exstyle"].save_pair(outputs[0], outputs[2])
+            banks["instyle"].save_pair(outputs[1], outputs[3])
+        return outputs, banks
+
+    return loop.run(batches.steps_done, batches.step, lambda: {"extra": batches.extra()}, finish)
 
 
 __all__ = ["COLOR_START", "DestylizeConfig", "EXSTYLE_NPY", "EXSTYLE_SAFETENSORS", "INSTYLE_NPY",

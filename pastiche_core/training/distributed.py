@@ -162,14 +162,6 @@ def gather_objects(obj, ctx: DistContext) -> list:
     return out
 
 
-def broadcast_object(obj, ctx: DistContext, src: int = 0):
-    if not ctx.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 # --------------------------------------------------------------------------------------------
 # Every process runs the same training
 # --------------------------------------------------------------------------------------------
@@ -301,6 +293,6 @@ def sync_batch_norm(x: torch.Tensor, bn: torch.nn.BatchNorm1d, synced: bool) -> 
     return out * bn.weight + bn.bias
 
 
-__all__ = ["TRACE_ENV", "DistContext", "all_reduce_sum", "barrier", "broadcast_object", "check_same_run", "cleanup",
+__all__ = ["TRACE_ENV", "DistContext", "all_reduce_sum", "barrier", "check_same_run", "cleanup",
            "differentiable_all_reduce", "digest", "env_world_size", "gather_objects", "setup", "shard",
            "stop_requested", "sync_batch_norm", "trace", "tracing", "wrap_ddp"]

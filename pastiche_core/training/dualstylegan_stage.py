@@ -23,9 +23,9 @@ finetune (data: the style images): starts from ``generator-pretrain.pt`` (``g``,
 style images they name. Paired steps (``i % subspace_freq != 0``): extrinsic code = the bank's
 w+ code + N(0, 0.1^2), intrinsic = its destylized z+ code with rows 8.. redrawn, target = the
 style image; other steps: a random (mixing) z intrinsic code. Losses: adversarial +
-CX (VGG19 relu3_1) * CX_loss + feature-mean MSE (features 1, 2) * style_loss + ID loss against
+CX (VGG19 relu3_1) * contextual_loss + feature-mean MSE (features 1, 2) * style_loss + ID loss against
 the intrinsic-only rendering * id_loss + L1 VGG perceptual (features 1, 2; weights 0.5, 1) *
-perc_loss on paired steps + L2 norm of the ``res`` weights * L2_reg_loss. Writes
+perc_loss on paired steps + L2 norm of the ``res`` weights * l2_reg_loss. Writes
 ``generator-NNNNNN.pt`` = ``{"g_ema"}``, ``generator.pt`` (a hard link: what inference loads) and
 ``generator.safetensors``.
 """
@@ -42,10 +42,12 @@ from ..models import DualStyleGAN
 from ..styles import StyleBank
 from . import distributed as D
 from .checkpointing import atomic_torch_save
+from .loop import dist_session
 from .common import Progress, ShouldStop, StageResult
 from .files import (PRETRAIN, STYLEGAN_FFHQ, discriminator_from_state, find_file, link_or_copy,
                     read_training_file, save_generator_files, search_folders, stylegan2_size)
-from .gan import Epochs, GANConfig, GANStage, ImageSet, config_dict, g_nonsaturating_loss
+from .options import FinetuneConfig, GANConfig, PretrainConfig
+from .gan import Epochs, GANStage, ImageSet, config_dict, g_nonsaturating_loss
 from .lmdb_images import open_images
 from .losses import contextual_loss, perceptual_l1, style_loss
 
@@ -105,6 +107,7 @@ class Pretrain(_DualStage):
     name = PRETRAIN_STAGE
     monitor = "perc"
     d_weight = 0.1
+    extendable = False  # the phases are iters/10, iters/10, iters
     compat_keys = ("subspace_freq",)
 
     def __init__(self, g, g_ema, d, encoder, vgg, data: ImageSet, out: Path, cfg: GANConfig, ctx):
@@ -113,7 +116,7 @@ class Pretrain(_DualStage):
         self.epochs = Epochs(len(data), cfg.batch, self.rng)
         n = cfg.iters
         self.phases = [(n // 10, INJECT_SCHEDULE[0]), (n // 10, INJECT_SCHEDULE[1]), (n, INJECT_SCHEDULE[2])]
-        self.subspace_freq = int(cfg.extra.get("subspace_freq", 4))
+        self.subspace_freq = cfg.subspace_freq
 
     def total_steps(self) -> int:
         return sum(n for n, _ in self.phases)
@@ -209,8 +212,9 @@ class Pretrain(_DualStage):
 
 class Finetune(_DualStage):
     name = FINETUNE_STAGE
+    snapshot_stem, snapshot_kind = "generator", "dualstylegan"  # generator-NNNNNN.pt, never generator-pretrain.pt
     monitor = "g"
-    compat_keys = ("subspace_freq", "style_loss", "CX_loss", "perc_loss", "id_loss", "L2_reg_loss", "names")
+    compat_keys = ("subspace_freq", "style_loss", "contextual_loss", "perc_loss", "id_loss", "l2_reg_loss", "names")
 
     def __init__(self, g, g_ema, d, vgg, id_loss, instyles: torch.Tensor, exstyles_w: torch.Tensor,
                  images: ImageSet, out: Path, cfg: GANConfig, ctx):
@@ -218,11 +222,7 @@ class Finetune(_DualStage):
         self.id_loss, self.images = id_loss, images
         self.instyles, self.exstyles = instyles, exstyles_w  # [N, n, 512] z+ and w+ (CPU)
         self.epochs = Epochs(len(images), cfg.batch, self.rng)
-        x = cfg.extra
-        self.subspace_freq = int(x.get("subspace_freq", 2))
-        self.w_style, self.w_cx = float(x.get("style_loss", 0.25)), float(x.get("CX_loss", 0.25))
-        self.w_perc, self.w_id = float(x.get("perc_loss", 1.0)), float(x.get("id_loss", 1.0))
-        self.w_l2 = float(x.get("L2_reg_loss", 0.015))
+        self.subspace_freq = cfg.subspace_freq
 
     def paired(self, batch: int, subspace_std: float = 0.1):
         """Official ``get_paired_data``: bank entries, jittered extrinsic w+, intrinsic z+ with
@@ -267,16 +267,16 @@ class Finetune(_DualStage):
         fake_feats = self.vgg(fake256)
         terms = {}
         sty = fake.new_zeros(())
-        if self.w_cx > 0:
-            sty = sty + contextual_loss(fake_feats[2], real_feats[2].detach(), 0.2) * self.w_cx
-        if self.w_style > 0:
-            sty = sty + style_loss(fake_feats, real_feats, layers=(1, 2)) * self.w_style
-        ident = self.id_loss(fake256, _pool256(content)) * self.w_id if self.w_id > 0 else fake.new_zeros(())
+        if self.cfg.contextual_loss > 0:
+            sty = sty + contextual_loss(fake_feats[2], real_feats[2].detach(), 0.2) * self.cfg.contextual_loss
+        if self.cfg.style_loss > 0:
+            sty = sty + style_loss(fake_feats, real_feats, layers=(1, 2)) * self.cfg.style_loss
+        ident = self.id_loss(fake256, _pool256(content)) * self.cfg.id_loss if self.cfg.id_loss > 0 else fake.new_zeros(())
         perc = fake.new_zeros(())
-        if paired and self.w_perc > 0:
-            perc = perceptual_l1(fake_feats, real_feats, layers=(1, 2), weights=(0.5, 1.0)) * self.w_perc
+        if paired and self.cfg.perc_loss > 0:
+            perc = perceptual_l1(fake_feats, real_feats, layers=(1, 2), weights=(0.5, 1.0)) * self.cfg.perc_loss
         adv = g_nonsaturating_loss(self.d(self.augmented(fake)))
-        l2 = sum(torch.norm(p) for p in self.g.res.parameters()) * self.w_l2
+        l2 = sum(torch.norm(p) for p in self.g.res.parameters()) * self.cfg.l2_reg_loss
         terms = {k: float(v.detach()) for k, v in (("adv", adv), ("sty", sty), ("id", ident), ("l2", l2))}
         terms["perc"] = float(perc.detach()) if paired else float("nan")
         return adv + sty + ident + perc + l2, terms
@@ -324,9 +324,8 @@ def pretrain_dualstylegan(checkpoints, data, out, encoder, vgg, cfg: GANConfig |
 
     ``encoder``: the z+ pSp encoder (``encoder.pt``); ``vgg``: :class:`~.losses.VGG19Features`
     with at least 3 slices."""
-    cfg = cfg or GANConfig(iters=3000, batch=4)
-    ctx = dist_ctx or D.setup(cfg.device)
-    try:
+    cfg = PretrainConfig.of(cfg or PretrainConfig())
+    with dist_session(cfg.device, dist_ctx) as ctx:
         cfg.check(ctx.world_size)
         out = Path(out)
         purpose = (f"rosinality's FFHQ StyleGAN2 ({STYLEGAN_FFHQ}): pretrain builds DualStyleGAN's intrinsic path "
@@ -358,9 +357,6 @@ def pretrain_dualstylegan(checkpoints, data, out, encoder, vgg, cfg: GANConfig |
         result.notes.append(f"started from {path}; {len(images)} face images at {size}px; phases "
                             + ", ".join(f"{n} steps at injection index {k}" for n, k in stage.phases))
         return result
-    finally:
-        if dist_ctx is None:
-            D.cleanup(ctx)
 
 
 def finetune_dualstylegan(checkpoints, data, out, vgg, id_loss, instyle: StyleBank, exstyle: StyleBank,
@@ -370,9 +366,8 @@ def finetune_dualstylegan(checkpoints, data, out, vgg, id_loss, instyle: StyleBa
                           dist_ctx: D.DistContext | None = None) -> StageResult:
     """Stage III: fine-tune the pretrained DualStyleGAN (``generator-pretrain.pt``) on the style
     images ``data`` with their destylized codes; write ``generator.pt`` into ``out``."""
-    cfg = cfg or GANConfig(iters=1500, batch=4)
-    ctx = dist_ctx or D.setup(cfg.device)
-    try:
+    cfg = FinetuneConfig.of(cfg or FinetuneConfig())
+    with dist_session(cfg.device, dist_ctx) as ctx:
         cfg.check(ctx.world_size)
         out = Path(out)
         purpose = "the pretrained DualStyleGAN (generator-pretrain.pt, written by the pretrain stage)"
@@ -409,17 +404,10 @@ def finetune_dualstylegan(checkpoints, data, out, vgg, id_loss, instyle: StyleBa
         instyles = torch.cat([instyle[n] for n in names]).float()
         stage = Finetune(g, g_ema, d, vgg, id_loss, instyles, exstyles_w, images, out, cfg, ctx)
         run_config = config_dict(cfg, stage=FINETUNE_STAGE, start=path.name, size=size, names=names)
-        for k in ("subspace_freq", "style_loss", "CX_loss", "perc_loss", "id_loss", "L2_reg_loss"):
-            run_config.setdefault(k, getattr(stage, {"subspace_freq": "subspace_freq", "style_loss": "w_style",
-                                                     "CX_loss": "w_cx", "perc_loss": "w_perc", "id_loss": "w_id",
-                                                     "L2_reg_loss": "w_l2"}[k]))
         start_optim = {k: ckpt[k] for k in ("g_optim", "d_optim") if k in ckpt}
         result = stage.run(resume, progress, should_stop, run_config, start_optimizers=start_optim)
         result.notes.append(f"started from {path}; {len(names)} exemplars at {size}px")
         return result
-    finally:
-        if dist_ctx is None:
-            D.cleanup(ctx)
 
 
 __all__ = ["COLOR_START", "FINETUNE_STAGE", "Finetune", "INJECT_SCHEDULE", "PRETRAIN_STAGE", "Pretrain",

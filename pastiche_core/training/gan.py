@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +34,10 @@ from torch import nn
 
 from ..errors import InputError
 from . import distributed as D
-from .checkpointing import apply_state, load_state, make_state, save_state, state_path
-from .common import IMAGE_SUFFIXES, Progress, ShouldStop, StageResult, check_compatible
+from .checkpointing import apply_state
+from .common import IMAGE_SUFFIXES, Progress, ShouldStop, StageResult
+from .loop import Loop
+from .options import GANConfig
 
 EMA_DECAY = 0.5 ** (32 / (10 * 1000))
 
@@ -206,46 +208,6 @@ class Epochs:
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
-@dataclass
-class GANConfig:
-    iters: int = 600
-    batch: int = 4                 # global batch (split over processes)
-    lr: float = 0.002
-    r1: float = 10.0
-    path_regularize: float = 2.0
-    path_batch_shrink: int = 2
-    d_reg_every: int = 16
-    g_reg_every: int = 4
-    mixing: float = 0.9
-    augment: bool = False
-    augment_p: float = 0.0         # fixed augmentation probability; 0 = adaptive (when augment)
-    ada_target: float = 0.6
-    ada_length: int = 500_000
-    ada_every: int = 8             # the official AdaptiveAugment(..., 8, ...)
-    seed: int = 0
-    save_every: int = 50           # steps between resumable checkpoints
-    sample_every: int = 0          # steps between preview images (0: none)
-    device: str = "cpu"
-    extra: dict = field(default_factory=dict)  # stage-specific settings (saved with the state)
-
-    def check(self, world: int) -> None:
-        for name in ("iters", "batch", "d_reg_every", "g_reg_every", "save_every", "path_batch_shrink"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.batch % world:
-            raise InputError(f"--batch {self.batch} must be divisible by the number of processes ({world})")
-        local = self.batch // world
-        if local > 4 and local % 4:
-            raise InputError(f"each process's batch ({local}) must be at most 4 or a multiple of 4 (the "
-                             f"discriminator's minibatch-stddev groups samples by 4)")
-        path_batch = max(1, self.batch // self.path_batch_shrink)
-        if path_batch % world:
-            raise InputError(f"--batch {self.batch} / path_batch_shrink {self.path_batch_shrink} = {path_batch} must "
-                             f"be divisible by the number of processes ({world})")
-        if not 0 <= self.mixing <= 1 or not 0 <= self.augment_p <= 1:
-            raise InputError("mixing and augment_p are probabilities (0..1)")
-
-
 class GANStage:
     """One GAN training stage. Subclasses set :attr:`name` and implement the hooks; the
     base class runs the loop, checkpoints, resumes, reports and stops.
@@ -314,6 +276,25 @@ class GANStage:
         """Write the stage's outputs (rank 0 only is called); return their paths."""
         return []
 
+    extendable = True   # a finished run continues with a larger iters (not pretrain: its phases depend on it)
+    snapshot_stem = ""  # numbered snapshots: OUT/<stem>-NNNNNN.pt ("" : the stage keeps none)
+
+    def snapshot(self, done: int) -> list[Path]:
+        """A numbered snapshot of ``g_ema`` after step ``done`` (rank 0) and a grid of its samples."""
+        if not self.snapshot_stem:
+            return []
+        from .files import save_generator_files
+
+        files = save_generator_files(self.out / f"{self.snapshot_stem}-{done:06d}", self.snapshot_kind,
+                                     self.g_ema.state_dict(), self.g_ema.config, safetensors=False)
+        with torch.no_grad():
+            images = self.preview()
+        if images is not None:
+            files.append(save_grid(images, self.out / f"samples-{done:06d}.png"))
+        return files
+
+    snapshot_kind = "stylegan2"
+
     def preview(self) -> torch.Tensor | None:
         """A few ``g_ema`` images in [-1, 1] for progress previews (optional)."""
         return None
@@ -362,7 +343,6 @@ class GANStage:
         states from the starting checkpoint, used when they fit (as the official scripts do)."""
         cfg, ctx = self.cfg, self.ctx
         world = ctx.world_size
-        total = self.total_steps()
         g_opt = adam(self.g_params(), cfg.lr, cfg.g_reg_every)
         d_opt = adam(list(self.d.parameters()), cfg.lr, cfg.d_reg_every)
         self.g_opt, self.d_opt = g_opt, d_opt
@@ -370,22 +350,28 @@ class GANStage:
             from .augment import AdaptiveAugment
 
             self.ada = AdaptiveAugment(cfg.ada_target, cfg.ada_length, cfg.ada_every)
-        ckpt = state_path(self.out, self.name)
-        step = 0
-        notes: list[str] = []
+        loop = Loop(self.name, self.out, ctx, self.total_steps(), run_config, cfg.save_every, progress, should_stop,
+                    preview=self.preview, sample_every=cfg.sample_every, snapshot_every=cfg.snapshot_every,
+                    snapshot=self.snapshot)
         for key, opt in (("g_optim", g_opt), ("d_optim", d_opt)):
             if start_optimizers and key in start_optimizers:
                 try:
                     opt.load_state_dict(start_optimizers[key])
                 except (ValueError, KeyError, TypeError):
-                    notes.append(f"the starting checkpoint's {key} does not fit this stage's parameters; "
-                                 f"the optimiser starts afresh")
+                    loop.notes.append(f"the starting checkpoint's {key} does not fit this stage's parameters; "
+                                      f"the optimiser starts afresh")
         gens = {"rng": self.rng, "aug": self.aug_rng}
-        if resume and ckpt.is_file():
-            state = load_state(ckpt, self.name)
-            check_compatible(state["config"], run_config, ["iters", "batch", "lr", "seed", "r1", "path_regularize",
-                                                           "d_reg_every", "g_reg_every", "mixing", "augment",
-                                                           "augment_p", *self.compat_keys], ckpt)
+        keys = ["iters", "batch", "lr", "seed", "r1", "path_regularize", "d_reg_every", "g_reg_every", "mixing",
+                "augment", "augment_p", *self.compat_keys]
+
+        def resume_keys(saved: dict) -> list[str]:
+            """A finished run extends with more --iters (its steps do not depend on the total)."""
+            longer = saved["finished"] and int(saved["config"].get("iters", 0)) <= cfg.iters
+            return [k for k in keys if not (k == "iters" and self.extendable and longer)]
+
+        state = loop.load(resume, resume_keys)
+        step = 0
+        if state is not None:
             apply_state(state, models={"g": self.g, "d": self.d}, ema={"g_ema": self.g_ema},
                         optimizers={"g": g_opt, "d": d_opt}, generators=gens)
             ex = state["extra"]
@@ -394,53 +380,30 @@ class GANStage:
             self.aug_p = float(ex["aug_p"])
             if self.ada is not None and ex.get("ada"):
                 self.ada.load_state_dict(ex["ada"])
-            self.losses = [float(v) for v in ex["losses"].tolist()]
             self.load_extra_state(ex.get("stage", {}))
+        self.losses = loop.losses
 
-        def checkpoint(finished: bool = False) -> None:
-            if ctx.is_main:
-                extra = {"mean_path_length": float(self.mean_path_length), "aug_p": float(self.aug_p),
-                         "ada": self.ada.state_dict() if self.ada is not None else {},
-                         "losses": torch.tensor(self.losses, dtype=torch.float64), "stage": self.extra_state()}
-                save_state(ckpt, make_state(self.name, step, total, config=run_config,
-                                            models={"g": self.g, "d": self.d}, ema={"g_ema": self.g_ema},
-                                            optimizers={"g": g_opt, "d": d_opt}, generators=gens, extra=extra,
-                                            finished=finished))
-            D.barrier(ctx)
+        def parts() -> dict:
+            extra = {"mean_path_length": float(self.mean_path_length), "aug_p": float(self.aug_p),
+                     "ada": self.ada.state_dict() if self.ada is not None else {}, "stage": self.extra_state()}
+            return {"models": {"g": self.g, "d": self.d}, "ema": {"g_ema": self.g_ema},
+                    "optimizers": {"g": g_opt, "d": d_opt}, "generators": gens, "extra": extra}
 
-        D.check_same_run(ctx, run_config, {
+        loop.check_same_run({
             "g weights": self.g, "d weights": self.d, "g_ema weights": self.g_ema, "step": step,
             "optimiser states": {"g": g_opt.state_dict(), "d": d_opt.state_dict()},
             "random state": {k: gen.get_state() for k, gen in gens.items()},
             "stage state": {"path": self.mean_path_length, "aug_p": self.aug_p, **self.extra_state()}})
-        stopped = False
-        while step < total:
-            if should_stop is not None or ctx.distributed:
-                if D.stop_requested(bool(should_stop is not None and ctx.is_main and should_stop()), ctx):
-                    stopped = True
-                    break
-            self.on_phase_start(step)
-            info = self.train_step(step, world)
-            step += 1
-            self.losses.append(info["loss"])
-            if step < total and step % cfg.save_every == 0:
-                checkpoint()
-            if progress is not None and ctx.is_main:
-                info = {"stage": self.name, **info}
-                if cfg.sample_every and (step % cfg.sample_every == 0 or step == total):
-                    with torch.no_grad():
-                        info["preview"] = self.preview()
-                progress(step, total, info)
-        if D.tracing():
-            D.trace(ctx, "end", stage=self.name, step=step,
-                    weights={"g": D.digest(self.g), "d": D.digest(self.d), "g_ema": D.digest(self.g_ema)})
-        if stopped:
-            checkpoint()
-            return StageResult(self.name, step, total, True, ckpt, [], self.losses, notes)
-        checkpoint(finished=True)
-        outputs = self.finish() if ctx.is_main else []
-        D.barrier(ctx)
-        return StageResult(self.name, step, total, False, ckpt, outputs, self.losses, notes)
+        loop.end_digests = lambda: {"g": self.g, "d": self.d, "g_ema": self.g_ema}
+
+        def step_once(done: int) -> dict:
+            self.on_phase_start(done)
+            return self.train_step(done, world)
+
+        def finish():
+            return (self.finish() if ctx.is_main else []), {}
+
+        return loop.run(step, step_once, parts, finish)
 
     def train_step(self, step: int, world: int) -> dict:
         cfg, ctx = self.cfg, self.ctx
@@ -514,13 +477,23 @@ class GANStage:
     monitor = "g"        # which term is reported as "loss"
 
 
+def save_grid(images: torch.Tensor, path: Path) -> Path:
+    """Images ``[B, 3, H, W]`` in [-1, 1] side by side as one PNG, written atomically."""
+    from PIL import Image
+
+    from ..atomic import atomic_write
+
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    row = np.ascontiguousarray(torch.cat(list(x), dim=2).permute(1, 2, 0).numpy())
+    return atomic_write(path, lambda tmp: Image.fromarray(row).save(tmp, format="PNG"))
+
+
 def config_dict(cfg: GANConfig, **more) -> dict:
     d = asdict(cfg)
     d.pop("device")
     d.pop("save_every")
     d.pop("sample_every")
-    extra = d.pop("extra")
-    return {**d, **extra, **more}
+    return {**d, **more}
 
 
 __all__ = ["EMA_DECAY", "Epochs", "GANConfig", "GANStage", "ImageSet", "accumulate", "adam", "average_gradients",

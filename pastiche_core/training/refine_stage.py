@@ -33,47 +33,24 @@ Differences from the official script, on purpose:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from ..styles import StyleBank
 from . import distributed as D
-from .checkpointing import load_state, make_state, restore_rng, save_state, state_path
-from .common import (check_compatible, derived_seed, find_style_images, load_style_image, pixel_loss, Progress,
+from .checkpointing import restore_rng
+from .common import (derived_seed, find_style_images, load_style_image, pixel_loss, Progress,
                      ShouldStop, StageResult, tensor_fingerprint, to_size)
+from .options import LOSSES, LR_PRESETS, RefineConfig, lr_preset  # noqa: F401 (re-exported)
+from .loop import Batches, Loop, detached_optimizer_state, dist_session
 from .losses import VGG16_FILE, VGG19Features, contextual_loss, noise_normalize_, noise_regularize, perceptual_distance
 
 STAGE = "refine-exstyle"
 BANK_NPY = "refined_exstyle_code.npy"
 BANK_SAFETENSORS = "refined_exstyle_code.safetensors"
-N_STRUCTURE = 7
-# name -> (lr_color, lr_structure)
-LR_PRESETS = {"script": (0.01, 0.005),   # refine_exstyle.py argparse defaults
-              "readme": (0.1, 0.005)}    # the README's example command (--lr_color 0.1)
-LOSSES = ("lpips", "vgg", "pixel")
-
-
-@dataclass
-class RefineConfig:
-    iters: int = 100               # steps per batch of images (official --iter)
-    batch: int = 1                 # images optimised together (official --batch), split over ranks
-    lr_color: float = 0.01
-    lr_structure: float = 0.005
-    lr_noise: float = 0.1
-    noise_weight: float = 1e5
-    cx_weight: float = 1.0
-    perc_weight: float = 1.0
-    cx_band_width: float = 0.2
-    size: int = 256                # resolution the losses compare at (official 256)
-    loss: str = "lpips"            # "lpips" (official LPIPS + contextual), "vgg" (VGG19 distance + contextual), "pixel"
-    seed: int = 0
-    save_every: int = 20           # steps between checkpoints (and one when stopped / at the end)
-    device: str = "cpu"
-
 
 
 def refine_loss_terms(image: torch.Tensor, target_feats, target: torch.Tensor, vgg: VGG19Features | None,
@@ -105,13 +82,9 @@ def refine_exstyle_codes(generator, exstyle: StyleBank, instyle: StyleBank | Non
     :func:`~.sampler_stage.train_sampler`.
     """
     cfg = config or RefineConfig()
-    ctx = dist_ctx or D.setup(cfg.device)
-    try:
+    with dist_session(cfg.device, dist_ctx) as ctx:
         return _refine(generator, exstyle, instyle, Path(data), Path(out_dir), cfg, vgg, ctx, resume, progress,
                        should_stop, lpips)
-    finally:
-        if dist_ctx is None:
-            D.cleanup(ctx)
 
 
 def _validate(generator, exstyle: StyleBank, instyle: StyleBank | None, cfg: RefineConfig, vgg, world: int,
@@ -142,8 +115,9 @@ def _validate(generator, exstyle: StyleBank, instyle: StyleBank | None, cfg: Ref
     if exstyle.n_latent != generator.n_latent or exstyle.style_dim != generator.style_dim:
         raise InputError(f"bank codes are [{exstyle.n_latent}, {exstyle.style_dim}] but the {generator.size}px "
                          f"generator takes [{generator.n_latent}, {generator.style_dim}] codes")
-    if exstyle.n_latent <= N_STRUCTURE:
-        raise InputError(f"codes have {exstyle.n_latent} rows; refinement needs more than {N_STRUCTURE}")
+    if exstyle.n_latent <= len(generator.structure_layers):
+        raise InputError(f"codes have {exstyle.n_latent} rows; refinement needs more than the generator's "
+                         f"{len(generator.structure_layers)} structure rows")
     if cfg.size > generator.size or cfg.size < 16:
         raise InputError(f"--size {cfg.size} must be between 16 and the generator's resolution ({generator.size})")
     if instyle is None:
@@ -173,6 +147,8 @@ def _refine(generator, exstyle: StyleBank, instyle: StyleBank | None, data: Path
             lpips=None) -> StageResult:
     notes = _validate(generator, exstyle, instyle, cfg, vgg, ctx.world_size, lpips)
     device = ctx.device
+    if cfg.loss == "lpips":
+        lpips = lpips.to(device).eval()
     names = exstyle.names
     paths = find_style_images(data, names)  # all present, checked before any work
     n = len(names)
@@ -192,9 +168,8 @@ def _refine(generator, exstyle: StyleBank, instyle: StyleBank | None, data: Path
     generator = generator.to(device).eval().requires_grad_(False)
     if vgg is not None:
         vgg = vgg.to(device).eval()
-    if cfg.loss == "lpips":
-        lpips = lpips.to(device).eval()
     n_latent = generator.n_latent
+    n_structure = len(generator.structure_layers)  # rows 0..res_index; the rest are colour
     weights = [1.0] * n_latent
 
     run_config = {"stage": STAGE, "iters": cfg.iters, "batch": cfg.batch, "lr_color": cfg.lr_color,
@@ -207,51 +182,20 @@ def _refine(generator, exstyle: StyleBank, instyle: StyleBank | None, data: Path
                                                      if v.is_floating_point()][:8]),
                   "lpips": (tensor_fingerprint(*list(lpips.state_dict().values())[-8:]) if cfg.loss == "lpips"
                             else None)}
-    ckpt = state_path(out, STAGE)
-    finished: dict[str, torch.Tensor] = {}
-    losses: list[float] = []
-    k, it = 0, 0
-    pending = None  # this rank's saved in-progress batch
-    if resume and ckpt.is_file():
-        state = load_state(ckpt, STAGE)
-        keys = ["iters", "batch", "lr_color", "lr_structure", "lr_noise", "noise_weight", "cx_weight", "perc_weight",
-                "cx_band_width", "size", "loss", "seed", "bank", "names", "instyle", "generator", "lpips"]
-        ex = state["extra"]
-        if int(ex["iter"]) > 0:
-            keys.append("world_size")  # a batch in progress is split by rank
-        check_compatible(state["config"], run_config, keys, ckpt)
-        restore_rng(state["rng"])
-        k, it = int(ex["batch_index"]), int(ex["iter"])
-        finished = dict(ex["done"])
-        losses = [float(v) for v in ex["losses"].tolist()]
-        if it > 0:
-            pending = ex["ranks"][ctx.rank]
-    done = k * cfg.iters + it
+    loop = Loop(STAGE, out, ctx, total, run_config, cfg.save_every, progress, should_stop, notes=notes)
 
-    def checkpoint(live, is_finished: bool = False) -> None:
-        ranks = D.gather_objects(live, ctx) if it > 0 else None
-        if ctx.is_main:
-            extra = {"batch_index": k, "iter": it, "done": finished, "ranks": ranks,
-                     "losses": torch.tensor(losses, dtype=torch.float64)}
-            save_state(ckpt, make_state(STAGE, done, total, config=run_config, extra=extra, finished=is_finished))
-        D.barrier(ctx)
-
-    D.check_same_run(ctx, run_config, {"generator weights": generator, "step": done, "codes done": finished})
-    stopped = False
-    live = None
-    while k < n_batches:
+    def begin(k: int, saved: dict | None) -> dict:
         idx = local_indices(k)
-        batch_names = [names[i] for i in idx]
         images = torch.stack([load_style_image(paths[i], cfg.size) for i in idx]).to(device)
         ex_codes = torch.cat([exstyle[i] for i in idx]).to(device)
         in_codes = torch.cat([(instyle[names[i]] if instyle is not None else exstyle[i]) for i in idx]).to(device)
-        if pending is not None:
-            structure = pending["structure"].to(device).requires_grad_(True)
-            color = pending["color"].to(device).requires_grad_(True)
-            noises = [t.to(device).requires_grad_(True) for t in pending["noises"]]
+        if saved is not None:
+            structure = saved["structure"].to(device).requires_grad_(True)
+            color = saved["color"].to(device).requires_grad_(True)
+            noises = [t.to(device).requires_grad_(True) for t in saved["noises"]]
         else:
-            structure = ex_codes[:, :N_STRUCTURE].detach().clone().requires_grad_(True)
-            color = ex_codes[:, N_STRUCTURE:].detach().clone().requires_grad_(True)
+            structure = ex_codes[:, :n_structure].detach().clone().requires_grad_(True)
+            color = ex_codes[:, n_structure:].detach().clone().requires_grad_(True)
             per_image = []
             for i in idx:
                 g = torch.Generator().manual_seed(derived_seed(cfg.seed, "noise", names[i]))
@@ -261,78 +205,86 @@ def _refine(generator, exstyle: StyleBank, instyle: StyleBank | None, data: Path
         opt = torch.optim.Adam([{"params": [color], "lr": cfg.lr_color},
                                 {"params": [structure], "lr": cfg.lr_structure},
                                 {"params": noises, "lr": cfg.lr_noise}])
-        if pending is not None:
-            opt.load_state_dict(pending["optimizer"])
-            pending = None
+        if saved is not None:
+            opt.load_state_dict(saved["optimizer"])
         with torch.no_grad():
             target_feats = vgg(images) if cfg.loss != "pixel" else None
             target_lpips = lpips.features(images) if cfg.loss == "lpips" else None
+        return {"names": [names[i] for i in idx], "images": images, "in_codes": in_codes, "structure": structure,
+                "color": color, "noises": noises, "opt": opt, "target_feats": target_feats,
+                "target_lpips": target_lpips}
 
-        def snapshot():
-            return {"structure": structure.detach().cpu().clone(), "color": color.detach().cpu().clone(),
-                    "noises": [t.detach().cpu().clone() for t in noises],
-                    "optimizer": {"state": {i: {kk: (vv.detach().cpu().clone() if torch.is_tensor(vv) else vv)
-                                                for kk, vv in s.items()} for i, s in opt.state_dict()["state"].items()},
-                                  "param_groups": opt.state_dict()["param_groups"]}}
+    def iterate(b: dict, it: int) -> dict:
+        structure, color, noises, opt = b["structure"], b["color"], b["noises"], b["opt"]
+        with torch.enable_grad():
+            code = torch.cat([structure, color], dim=1)
+            image = generator(b["in_codes"], generator.map_exstyle(code), input_space="z", exstyle_space="w",
+                              interp_weights=weights, noise=noises, use_res=True)
+            image = to_size(image, cfg.size)
+            image_terms = refine_loss_terms(image, b["target_feats"], b["images"], vgg, cfg, lpips, b["target_lpips"])
+            noise_terms = cfg.noise_weight * noise_regularize(noises, per_sample=True)
+            loss = (image_terms + noise_terms).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        noise_normalize_(noises, per_sample=True)
+        sums = D.all_reduce_sum(torch.stack([image_terms.detach().sum(), noise_terms.detach().sum()]), ctx)
+        image_value, noise_value = (float(v) / cfg.batch for v in sums)
+        return {"loss": image_value + noise_value, "image_loss": image_value, "noise_loss": noise_value,
+                "batch": batches.k, "images": b["names"]}
 
-        while it < cfg.iters:
-            if should_stop is not None or ctx.distributed:
-                if D.stop_requested(bool(should_stop is not None and ctx.is_main and should_stop()), ctx):
-                    stopped = True
-                    break
-            with torch.enable_grad():
-                code = torch.cat([structure, color], dim=1)
-                image = generator(in_codes, generator.map_exstyle(code), input_space="z", exstyle_space="w",
-                                  interp_weights=weights, noise=noises, use_res=True)
-                image = to_size(image, cfg.size)
-                image_terms = refine_loss_terms(image, target_feats, images, vgg, cfg, lpips, target_lpips)
-                noise_terms = cfg.noise_weight * noise_regularize(noises, per_sample=True)
-                loss = (image_terms + noise_terms).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            noise_normalize_(noises, per_sample=True)
-            sums = D.all_reduce_sum(torch.stack([image_terms.detach().sum(), noise_terms.detach().sum()]), ctx)
-            image_value, noise_value = (float(v) / cfg.batch for v in sums)
-            value = image_value + noise_value
-            losses.append(value)
-            it += 1
-            done += 1
-            if it < cfg.iters and done % cfg.save_every == 0:
-                checkpoint(snapshot())
-            if progress is not None and ctx.is_main:
-                progress(done, total, {"stage": STAGE, "loss": value, "image_loss": image_value,
-                                       "noise_loss": noise_value, "batch": k, "images": batch_names})
-        if stopped:
-            live = snapshot() if it > 0 else None
-            break
-        # batch finished: collect every rank's codes (first occurrence wins over padding repeats)
-        mine = [(name, torch.cat([structure, color], 1).detach().cpu()[j:j + 1].clone())
-                for j, name in enumerate(batch_names)]
+    def end(b: dict, k: int) -> None:
+        """Collect every rank's codes (first occurrence wins over padding repeats)."""
+        codes = torch.cat([b["structure"], b["color"]], 1).detach().cpu()
+        mine = [(name, codes[j:j + 1].clone()) for j, name in enumerate(b["names"])]
         for rank_items in D.gather_objects(mine, ctx):
             for name, c in rank_items:
-                finished.setdefault(name, c)
-        k, it = k + 1, 0
-        if done % cfg.save_every == 0 and k < n_batches:
-            checkpoint(None)
+                batches.done.setdefault(name, c)
 
-    if stopped:
-        checkpoint(live)
-        return StageResult(STAGE, done, total, True, ckpt, [], losses, notes)
-    checkpoint(None, is_finished=True)
-    outputs = [out / BANK_NPY, out / BANK_SAFETENSORS]
-    bank = StyleBank(names, [finished[nm] for nm in names], space="z+")
-    if ctx.is_main:
-        bank.save_pair(outputs[0], outputs[1])
-    D.barrier(ctx)
-    return StageResult(STAGE, done, total, False, ckpt, outputs, losses, notes, {"bank": bank})
+    def snapshot(b: dict) -> dict:
+        return {"structure": b["structure"].detach().cpu().clone(), "color": b["color"].detach().cpu().clone(),
+                "noises": [t.detach().cpu().clone() for t in b["noises"]],
+                "optimizer": detached_optimizer_state(b["opt"])}
+
+    batches = Batches(cfg.iters, ctx, {}, begin, iterate, end, snapshot)
+    keys = ["iters", "batch", "lr_color", "lr_structure", "lr_noise", "noise_weight", "cx_weight", "perc_weight",
+            "cx_band_width", "size", "loss", "seed", "bank", "names", "instyle", "generator", "lpips"]
+    # a batch in progress is split by rank
+    state = loop.load(resume, lambda st: keys + (["world_size"] if int(st["extra"]["iter"]) > 0 else []))
+    if state is not None:
+        restore_rng(state["rng"])
+        batches.restore(state["extra"])
+    loop.check_same_run({"generator weights": generator, "step": batches.steps_done, "codes done": batches.done})
+
+    def finish():
+        outputs = [out / BANK_NPY, out / BANK_SAFETENSORS]
+        bank = StyleBank(names, [batches.done[nm] for nm in names], space="z+")
+        if ctx.is_main:
+            bank.save_pair(outputs[0], outputs[1])
+        return outputs, {"bank": bank}
+
+    return loop.run(batches.steps_done, batches.step, lambda: {"extra": batches.extra()}, finish)
 
 
-def lr_preset(name: str) -> tuple[float, float]:
-    if name not in LR_PRESETS:
-        raise InputError(f"unknown learning-rate preset {name!r}; presets: {', '.join(LR_PRESETS)}")
-    return LR_PRESETS[name]
+def vgg_refine_loss(vgg, band_width: float = 0.2) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A ``perceptual`` callable for :func:`pastiche_core.refine.refine_exstyle` with the official refinement's terms
+    on VGG19 (a :class:`pastiche_core.training.losses.VGG19Features`): the LPIPS-shaped perceptual
+    distance (LPIPS's learned heads are not available offline) plus the contextual loss on relu3_1
+    (band width 0.2, cosine), each summed over the batch. The target's features are computed once."""
+    cache: dict = {}
+
+    def loss(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if cache.get("target") is not target:  # the same tensor object every step of one refinement
+            with torch.no_grad():
+                cache["feats"] = [f.detach() for f in vgg(target)]
+            cache["target"] = target
+        ft = cache["feats"]
+        fi = vgg(image)
+        return (perceptual_distance(fi, ft).sum()
+                + contextual_loss(fi[2], ft[2], band_width, per_sample=True).sum())
+
+    return loss
 
 
 __all__ = ["BANK_NPY", "BANK_SAFETENSORS", "LR_PRESETS", "RefineConfig", "lr_preset", "pixel_loss",
-           "refine_exstyle_codes", "refine_loss_terms"]
+           "refine_exstyle_codes", "refine_loss_terms", "vgg_refine_loss"]

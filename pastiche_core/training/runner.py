@@ -6,49 +6,31 @@
 the torch hub cache; everything, loss networks included, is loaded and checked before the
 first step, so a missing file never costs training time.
 
-Defaults (``None`` options) are the official ones, see :data:`DEFAULTS`.
+Defaults (``None`` options) are the official ones, from the stages' Configs (:mod:`.options`);
+:data:`DEFAULTS` lists them.
 """
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError, InputError
 from . import GAN_STAGES, STAGES
 from .common import Progress, ShouldStop, StageResult
 from .files import ENCODER, find_file, latest_numbered, search_folders
+from .options import defaults, lr_preset, make_config
 
-# stage -> official defaults of the options run_stage takes (iters, batch, lr and stage extras)
-DEFAULTS: dict[str, dict] = {
-    "finetune-stylegan": {"iters": 600, "batch": 4, "lr": 0.002},
-    "destylize": {"iters": 300, "batch": 1, "lr": 0.1, "truncation": 0.7, "model_name": "finetune-000600.pt"},
-    "pretrain": {"iters": 3000, "batch": 4, "lr": 0.002, "subspace_freq": 4},
-    "finetune": {"iters": 1500, "batch": 4, "lr": 0.002, "subspace_freq": 2, "style_loss": 0.25, "CX_loss": 0.25,
-                 "perc_loss": 1.0, "id_loss": 1.0, "L2_reg_loss": 0.015},
-    "refine-exstyle": {"iters": 100, "batch": 1, "lr_color": 0.01, "lr_structure": 0.005},
-    "sampler": {"iters": None, "batch": 128},
-}
+# stage -> the official defaults of its user options (from its Config, the only home of them)
+DEFAULTS: dict[str, dict] = {stage: defaults(stage) for stage in STAGES}
+DESTYLIZE_START = "finetune-000600.pt"  # the official --model_name of destylize.py
 
 
 def _opt(options: Mapping, stage: str, key: str):
     value = options.get(key)
     return DEFAULTS[stage].get(key) if value is None else value
-
-
-def _gan_config(stage: str, options: Mapping, seed: int, device: str, save_every: int | None):
-    from .gan import GANConfig
-
-    extra = {k: _opt(options, stage, k) for k in DEFAULTS[stage] if k not in ("iters", "batch", "lr")}
-    cfg = GANConfig(iters=int(_opt(options, stage, "iters")), batch=int(_opt(options, stage, "batch")),
-                    lr=float(_opt(options, stage, "lr")), seed=seed, device=device, extra=extra)
-    for key in ("r1", "path_regularize", "mixing", "augment", "augment_p", "sample_every"):
-        if options.get(key) is not None:
-            setattr(cfg, key, type(getattr(cfg, key))(options[key]))
-    if save_every is not None:
-        cfg.save_every = save_every
-    return cfg
 
 
 def _encoder(folders: Sequence[Path], device: str, purpose: str):
@@ -154,10 +136,12 @@ def run_stage(stage: str, *, checkpoints: str | os.PathLike, out: str | os.PathL
               device: str = "cpu", loss_models: Sequence[str | os.PathLike] = (), save_every: int | None = None,
               progress: Progress | None = None, should_stop: ShouldStop | None = None,
               overwrite: bool = False) -> StageResult:
-    """Run one training stage (see the module doc). ``options``: ``iters``, ``batch``, ``lr``,
-    ``size`` and stage settings (:data:`DEFAULTS`; ``augment``, ``r1``, ``mixing``,
-    ``sample_every``, ``start`` (the starting checkpoint), ``bank``, ``instyle``, ``loss``,
-    ``face_check`` (default True: warn about training images without a detectable face)...).
+    """Run one training stage (see the module doc). ``options``: the user options of the stage's
+    Config (:mod:`.options`: ``iters``, ``batch``, ``lr``, ...; ``None`` = the official default;
+    the names of earlier versions, such as ``CX_loss``, are accepted), ``sample_every``, and the
+    inputs ``start`` (the starting checkpoint), ``bank``, ``instyle``, ``model_name``,
+    ``lr_preset`` and ``face_check`` (default True: warn about training images without a
+    detectable face).
 
     Nothing is lost: the run holds ``out``'s training lock (a second run on the same folder is
     refused), and a fresh run (no ``resume``) over an existing state of the stage is refused
@@ -187,6 +171,181 @@ def run_stage(stage: str, *, checkpoints: str | os.PathLike, out: str | os.PathL
                           save_every=save_every, progress=progress, should_stop=should_stop)
 
 
+@dataclass
+class Job:
+    """One stage run as the stage functions see it: its Config, folders and callbacks."""
+    stage: str
+    cfg: object
+    checkpoints: Path
+    out: Path
+    data: Path | None
+    style: str | None
+    options: dict
+    folders: list[Path]        # where inputs are looked up (out, checkpoints/style, checkpoints)
+    net_folders: list[Path]    # where the loss networks are looked up
+    kwargs: dict               # resume, progress, should_stop
+    is_lmdb: bool = False      # --data is an official lmdb dataset (prepare_data.py)
+
+    def check_faces(self) -> None:
+        """After every file is found (a missing one is the first thing to fix), before training.
+        Not over an lmdb: an official prepared set (FFHQ) is aligned already, and a pass over it
+        would decode the whole database."""
+        if self.data and self.options.get("face_check", True) and Path(self.data).is_dir() and not self.is_lmdb:
+            check_faces(self.data, "face photos" if self.stage == "pretrain" else "style images")
+
+
+def _finetune_stylegan(job: Job) -> StageResult:
+    from .stylegan_stage import finetune_stylegan
+
+    job.check_faces()
+    return finetune_stylegan(job.checkpoints, job.data, job.out, job.cfg, style=job.style,
+                             start=job.options.get("start"), **job.kwargs)
+
+
+def _destylize(job: Job) -> StageResult:
+    from ..checkpoints import load_stylegan2
+    from .destylize_stage import destylize
+    from .files import STYLEGAN_FFHQ
+    from .losses import load_id_loss, load_vgg19
+    from .lpips import load_lpips
+
+    folders, cfg = job.folders, job.cfg
+    # An explicit --model-name, else the newest finetune-NNNNNN.pt of the first folder that has
+    # one (out first): finetune-000600.pt after the official 600 iterations, and never a stale
+    # file from an older run elsewhere in the search path.
+    name = job.options.get("model_name")
+    gprime = job.options.get("start")
+    if gprime is None and name:
+        gprime = next((f / name for f in folders if (f / name).is_file()), None)
+    if gprime is None and not name:
+        gprime = latest_numbered("finetune", folders)
+    if gprime is None:
+        raise CheckpointError(f"missing {name or DESTYLIZE_START}: destylize needs the StyleGAN2 fine-tuned on the "
+                              f"style (written by the finetune-stylegan stage). Put it in one of: "
+                              + ", ".join(f"'{f}'" for f in folders))
+    original = find_file(STYLEGAN_FFHQ, folders, "rosinality's FFHQ StyleGAN2, the generator destylize renders "
+                                                 "the realistic faces with")
+    vgg = (load_vgg19(job.net_folders, n_slices=5, purpose="destylize's --loss vgg (or use --loss pixel)")
+           if cfg.loss == "vgg" else None)
+    lpips = (load_lpips(job.net_folders, purpose="destylize's LPIPS loss (--loss lpips, the default; or use --loss "
+                                                 "pixel)") if cfg.loss == "lpips" else None)
+    id_loss = load_id_loss(job.net_folders, purpose="destylize's identity loss") if cfg.id_weight > 0 else None
+    encoder = _encoder(folders, cfg.device, "destylize")
+    g_prime, _ = load_stylegan2(gprime)
+    g_orig, _ = load_stylegan2(original)
+    job.check_faces()
+    result = destylize(g_prime, g_orig, encoder, job.data, job.out, cfg, vgg=vgg, id_loss=id_loss, lpips=lpips,
+                       **job.kwargs)
+    result.notes.append(f"g' = {gprime}; g = {original}")
+    return result
+
+
+def _pretrain(job: Job) -> StageResult:
+    from .dualstylegan_stage import pretrain_dualstylegan
+    from .losses import load_vgg19
+
+    vgg = load_vgg19(job.net_folders, n_slices=3, purpose="pretrain's perceptual loss")
+    encoder = _encoder(job.folders, job.cfg.device, "pretrain (the extrinsic codes of sampled faces)")
+    job.check_faces()
+    return pretrain_dualstylegan(job.checkpoints, job.data, job.out, encoder, vgg, job.cfg, style=job.style,
+                                 start=job.options.get("start"), **job.kwargs)
+
+
+def _finetune(job: Job) -> StageResult:
+    from .dualstylegan_stage import finetune_dualstylegan
+    from .losses import load_id_loss, load_vgg19
+
+    vgg = load_vgg19(job.net_folders, n_slices=3, purpose="finetune's perceptual, contextual and style losses")
+    id_loss = load_id_loss(job.net_folders, purpose="finetune's identity loss")
+    instyle, _ = _bank(job.folders, "instyle_code", "finetune needs the destylized intrinsic codes (destylize "
+                                                    "writes them)", job.options.get("instyle"))
+    exstyle, _ = _bank(job.folders, "exstyle_code", "finetune needs the exemplars' extrinsic codes (destylize "
+                                                    "writes them)", job.options.get("bank"))
+    job.check_faces()
+    return finetune_dualstylegan(job.checkpoints, job.data, job.out, vgg, id_loss, instyle, exstyle, job.cfg,
+                                 style=job.style, start=job.options.get("start"), **job.kwargs)
+
+
+def _refine_exstyle(job: Job) -> StageResult:
+    from ..checkpoints import load_dualstylegan
+    from .common import first_existing
+    from .losses import load_vgg19
+    from .lpips import load_lpips
+    from .refine_stage import refine_exstyle_codes
+
+    folders, options, cfg = job.folders, job.options, job.cfg
+    gen_path = options.get("start")
+    if gen_path is None:
+        gen_path = next((p for f in folders if (p := first_existing(f, ["generator"], (".safetensors", ".pt")))),
+                        None)
+    if gen_path is None:
+        raise CheckpointError("missing generator.pt: refine-exstyle needs the style's DualStyleGAN (the official "
+                              "checkpoint/<style>/generator.pt, or our generator.safetensors) in one of: "
+                              + ", ".join(f"'{f}'" for f in folders))
+    exstyle, ex_path = _bank(folders, "exstyle_code", "refine-exstyle refines the extrinsic codes", options.get("bank"))
+    instyle = None
+    if options.get("instyle"):
+        instyle, _ = _bank(folders, "instyle_code", "", options["instyle"])
+    else:
+        try:
+            instyle, _ = _bank(folders, "instyle_code", "")
+        except CheckpointError:
+            instyle = None
+    vgg = lpips = None
+    if cfg.loss == "lpips":
+        lpips = load_lpips(job.net_folders, purpose="refine-exstyle's LPIPS loss (--loss lpips, the default; or use "
+                                                    "--loss vgg or pixel)")
+    if cfg.loss != "pixel":
+        vgg = load_vgg19(job.net_folders, n_slices=5,
+                         purpose=("the contextual loss of refine-exstyle" if cfg.loss == "lpips" else
+                                  "the perceptual and contextual losses of refine-exstyle") + " (or use --loss pixel)")
+    generator = load_dualstylegan(gen_path)
+    job.check_faces()
+    result = refine_exstyle_codes(generator, exstyle, instyle, job.data, job.out, cfg, vgg=vgg, lpips=lpips,
+                                  **job.kwargs)
+    result.notes.append(f"{len(exstyle)} codes from {ex_path}; generator {gen_path}; "
+                        f"lr colour {cfg.lr_color}, structure {cfg.lr_structure}")
+    return result
+
+
+def _sampler(job: Job) -> StageResult:
+    from .sampler_stage import train_sampler
+
+    given = job.options.get("bank")
+    try:
+        bank, bank_path = _bank(job.folders, "refined_exstyle_code", "", given)
+    except CheckpointError:
+        if given:
+            raise
+        bank, bank_path = _bank(job.folders, "exstyle_code", "the sampler learns the distribution of the extrinsic "
+                                                             "codes (refined_exstyle_code.npy or exstyle_code.npy)")
+    result = train_sampler(bank, job.out, job.cfg, **job.kwargs)
+    result.notes.append(f"{len(bank)} styles from {bank_path}")
+    return result
+
+
+# stage -> (what --data holds, None: no data; the function that finds its inputs and runs it)
+RUNNERS: dict[str, tuple[str | None, Callable[[Job], StageResult]]] = {
+    "finetune-stylegan": ("the style images (official data/<style>/images/train)", _finetune_stylegan),
+    "destylize": ("the style images (official data/<style>/images/train)", _destylize),
+    "pretrain": ("real face photos (the official FFHQ training set)", _pretrain),
+    "finetune": ("the style images (official data/<style>/images/train)", _finetune),
+    "refine-exstyle": ("the style images (official data/<style>/images/train)", _refine_exstyle),
+    "sampler": (None, _sampler),
+}
+
+
+def stage_config(stage: str, options: Mapping, seed: int = 0, device: str = "cpu", save_every: int | None = None):
+    """The stage's Config from the run's options (``None``: the official default)."""
+    options = dict(options)
+    if stage == "refine-exstyle":  # a learning-rate preset gives the defaults of the two rates
+        lr_color, lr_structure = lr_preset(options.get("lr_preset") or "script")
+        options["lr_color"] = lr_color if options.get("lr_color") is None else options["lr_color"]
+        options["lr_structure"] = lr_structure if options.get("lr_structure") is None else options["lr_structure"]
+    return make_config(stage, options, seed=seed, device=device, save_every=save_every,
+                       sample_every=options.get("sample_every"))
+
+
 def _loss_choice(stage: str, options: Mapping, out: Path, resume: bool) -> str:
     """destylize / refine-exstyle ``loss``: as given; else, resuming, the loss the run was started
     with (runs from before LPIPS store 'vgg' or 'pixel'); else 'lpips', the official loss."""
@@ -201,170 +360,22 @@ def _loss_choice(stage: str, options: Mapping, out: Path, resume: bool) -> str:
 
 def _run_stage(stage: str, *, checkpoints, out: Path, data, style, options: dict, seed: int, resume: bool,
                device: str, loss_models, save_every, progress, should_stop) -> StageResult:
-    folders = search_folders(out, checkpoints, style)
-    net_folders = [*loss_models, *folders]
-    if stage in ("finetune-stylegan", "destylize", "pretrain", "finetune", "refine-exstyle") and not data:
-        what = {"pretrain": "real face photos (the official FFHQ training set)"}.get(
-            stage, "the style images (official data/<style>/images/train)")
-        raise InputError(f"{stage} needs --data FOLDER: {what}")
     from .lmdb_images import lmdb_folder
 
-    is_lmdb = lmdb_folder(data) is not None
+    folders = search_folders(out, checkpoints, style)
+    what, run = RUNNERS[stage]
+    if what is not None and not data:
+        raise InputError(f"{stage} needs --data FOLDER: {what}")
+    is_lmdb = bool(data) and lmdb_folder(data) is not None
     if is_lmdb and stage in ("destylize", "finetune", "refine-exstyle"):
         raise InputError(f"{stage} needs --data as a folder of image files: it keys the style codes by file name, "
                          f"which an lmdb dataset does not keep (finetune-stylegan and pretrain read lmdb)")
-    kwargs = dict(resume=resume, progress=progress, should_stop=should_stop)
-
-    def faces() -> None:
-        """After every file is found (a missing one is the first thing to fix), before training.
-        Not over an lmdb: an official prepared set (FFHQ) is aligned already, and a pass over
-        it would decode the whole database."""
-        if data and options.get("face_check", True) and Path(data).is_dir() and not is_lmdb:
-            check_faces(data, "face photos" if stage == "pretrain" else "style images")
-
-    if stage == "finetune-stylegan":
-        from .stylegan_stage import finetune_stylegan
-
-        cfg = _gan_config(stage, options, seed, device, save_every)
-        faces()
-        return finetune_stylegan(checkpoints, data, out, cfg, style=style, start=options.get("start"), **kwargs)
-
-    if stage == "destylize":
-        from ..checkpoints import load_stylegan2
-        from .destylize_stage import DestylizeConfig, destylize
-        from .files import STYLEGAN_FFHQ
-        from .losses import load_id_loss, load_vgg19
-        from .lpips import load_lpips
-
-        # An explicit --model-name, else the newest finetune-NNNNNN.pt of the first folder that has
-        # one (out first): finetune-000600.pt after the official 600 iterations, and never a stale
-        # file from an older run elsewhere in the search path.
-        name = options.get("model_name")
-        gprime = options.get("start")
-        if gprime is None and name:
-            gprime = next((f / name for f in folders if (f / name).is_file()), None)
-        if gprime is None and not name:
-            gprime = latest_numbered("finetune", folders)
-        if gprime is None:
-            name = name or DEFAULTS[stage]["model_name"]
-            raise CheckpointError(f"missing {name}: destylize needs the StyleGAN2 fine-tuned on the style (written by "
-                                  f"the finetune-stylegan stage). Put it in one of: "
-                                  + ", ".join(f"'{f}'" for f in folders))
-        original = find_file(STYLEGAN_FFHQ, folders, "rosinality's FFHQ StyleGAN2, the generator destylize renders "
-                                                     "the realistic faces with")
-        cfg = DestylizeConfig(iters=int(_opt(options, stage, "iters")), batch=int(_opt(options, stage, "batch")),
-                              lr=float(_opt(options, stage, "lr")), truncation=float(_opt(options, stage, "truncation")),
-                              seed=seed, device=device, loss=_loss_choice(stage, options, out, resume))
-        if options.get("id_weight") is not None:
-            cfg.id_weight = float(options["id_weight"])
-        if save_every is not None:
-            cfg.save_every = save_every
-        vgg = (load_vgg19(net_folders, n_slices=5, purpose="destylize's --loss vgg (or use --loss pixel)")
-               if cfg.loss == "vgg" else None)
-        lpips = (load_lpips(net_folders, purpose="destylize's LPIPS loss (--loss lpips, the default; or use --loss "
-                                                 "pixel)") if cfg.loss == "lpips" else None)
-        id_loss = load_id_loss(net_folders, purpose="destylize's identity loss") if cfg.id_weight > 0 else None
-        encoder = _encoder(folders, device, "destylize")
-        g_prime, _ = load_stylegan2(gprime)
-        g_orig, _ = load_stylegan2(original)
-        faces()
-        result = destylize(g_prime, g_orig, encoder, data, out, cfg, vgg=vgg, id_loss=id_loss, lpips=lpips, **kwargs)
-        result.notes.append(f"g' = {gprime}; g = {original}")
-        return result
-
-    if stage == "pretrain":
-        from .dualstylegan_stage import pretrain_dualstylegan
-        from .losses import load_vgg19
-
-        cfg = _gan_config(stage, options, seed, device, save_every)
-        vgg = load_vgg19(net_folders, n_slices=3, purpose="pretrain's perceptual loss")
-        encoder = _encoder(folders, device, "pretrain (the extrinsic codes of sampled faces)")
-        faces()
-        return pretrain_dualstylegan(checkpoints, data, out, encoder, vgg, cfg, style=style,
-                                     start=options.get("start"), **kwargs)
-
-    if stage == "finetune":
-        from .dualstylegan_stage import finetune_dualstylegan
-        from .losses import load_id_loss, load_vgg19
-
-        cfg = _gan_config(stage, options, seed, device, save_every)
-        vgg = load_vgg19(net_folders, n_slices=3, purpose="finetune's perceptual, contextual and style losses")
-        id_loss = load_id_loss(net_folders, purpose="finetune's identity loss")
-        instyle, _ = _bank(folders, "instyle_code", "finetune needs the destylized intrinsic codes (destylize "
-                                                    "writes them)", options.get("instyle"))
-        exstyle, _ = _bank(folders, "exstyle_code", "finetune needs the exemplars' extrinsic codes (destylize "
-                                                    "writes them)", options.get("bank"))
-        faces()
-        return finetune_dualstylegan(checkpoints, data, out, vgg, id_loss, instyle, exstyle, cfg, style=style,
-                                     start=options.get("start"), **kwargs)
-
-    if stage == "refine-exstyle":
-        from ..checkpoints import load_dualstylegan
-        from .common import first_existing
-        from .losses import load_vgg19
-        from .lpips import load_lpips
-        from .refine_stage import RefineConfig, lr_preset, refine_exstyle_codes
-
-        gen_path = options.get("start")
-        if gen_path is None:
-            gen_path = next((p for f in folders if (p := first_existing(f, ["generator"], (".safetensors", ".pt")))),
-                            None)
-        if gen_path is None:
-            raise CheckpointError("missing generator.pt: refine-exstyle needs the style's DualStyleGAN (the official "
-                                  "checkpoint/<style>/generator.pt, or our generator.safetensors) in one of: "
-                                  + ", ".join(f"'{f}'" for f in folders))
-        exstyle, ex_path = _bank(folders, "exstyle_code", "refine-exstyle refines the extrinsic codes", options.get("bank"))
-        instyle = None
-        if options.get("instyle"):
-            instyle, _ = _bank(folders, "instyle_code", "", options["instyle"])
-        else:
-            try:
-                instyle, _ = _bank(folders, "instyle_code", "")
-            except CheckpointError:
-                instyle = None
-        lr_color, lr_structure = lr_preset(options.get("lr_preset") or "script")
-        cfg = RefineConfig(iters=int(_opt(options, stage, "iters")), batch=int(_opt(options, stage, "batch")),
-                           size=int(options.get("size") or 256), loss=_loss_choice(stage, options, out, resume), seed=seed,
-                           device=device,
-                           lr_color=float(options["lr_color"]) if options.get("lr_color") is not None else lr_color,
-                           lr_structure=(float(options["lr_structure"]) if options.get("lr_structure") is not None
-                                         else lr_structure))
-        if save_every is not None:
-            cfg.save_every = save_every
-        vgg = lpips = None
-        if cfg.loss == "lpips":
-            lpips = load_lpips(net_folders, purpose="refine-exstyle's LPIPS loss (--loss lpips, the default; or use "
-                                                    "--loss vgg or pixel)")
-        if cfg.loss != "pixel":
-            vgg = load_vgg19(net_folders, n_slices=5,
-                             purpose=("the contextual loss of refine-exstyle" if cfg.loss == "lpips" else
-                                      "the perceptual and contextual losses of refine-exstyle") + " (or use --loss pixel)")
-        generator = load_dualstylegan(gen_path)
-        faces()
-        result = refine_exstyle_codes(generator, exstyle, instyle, data, out, cfg, vgg=vgg, lpips=lpips, **kwargs)
-        result.notes.append(f"{len(exstyle)} codes from {ex_path}; generator {gen_path}; "
-                            f"lr colour {cfg.lr_color}, structure {cfg.lr_structure}")
-        return result
-
-    # sampler
-    from .sampler_stage import SamplerConfig, train_sampler
-
-    given = options.get("bank")
-    try:
-        bank, bank_path = _bank(folders, "refined_exstyle_code", "", given)
-    except CheckpointError:
-        if given:
-            raise
-        bank, bank_path = _bank(folders, "exstyle_code", "the sampler learns the distribution of the extrinsic "
-                                                         "codes (refined_exstyle_code.npy or exstyle_code.npy)")
-    cfg = SamplerConfig(iters=options.get("iters"), seed=seed, device=device)
-    if options.get("batch") is not None:
-        cfg.batch = int(options["batch"])
-    if save_every is not None:
-        cfg.save_every = save_every
-    result = train_sampler(bank, out, cfg, **kwargs)
-    result.notes.append(f"{len(bank)} styles from {bank_path}")
-    return result
+    if stage in ("destylize", "refine-exstyle"):
+        options = {**options, "loss": _loss_choice(stage, options, out, resume)}
+    job = Job(stage, stage_config(stage, options, seed, device, save_every), Path(checkpoints), out,
+              Path(data) if data else None, style, options, folders, [*map(Path, loss_models), *folders],
+              dict(resume=resume, progress=progress, should_stop=should_stop), is_lmdb=is_lmdb)
+    return run(job)
 
 
 __all__ = ["DEFAULTS", "GAN_STAGES", "STAGES", "run_stage", "stage_outputs"]

@@ -29,7 +29,6 @@ so the update equals the single-process one for the same global batch (up to flo
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,37 +36,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..models.sampler import ICPNet, StyleSampler, load_sampler_safetensors, save_sampler_safetensors
+from ..models.sampler import N_STRUCTURE_ROWS as N_STRUCTURE, ICPNet, StyleSampler, load_sampler_safetensors, save_sampler_safetensors
 from . import distributed as D
-from .checkpointing import apply_state, load_state, make_state, save_state, state_path
-from .common import Progress, ShouldStop, StageResult, check_compatible, derived_seed, tensor_fingerprint
+from .checkpointing import apply_state
+from .common import Progress, ShouldStop, StageResult, derived_seed, tensor_fingerprint
+from .loop import Loop, dist_session
+from .options import SamplerConfig
 
 STAGE = "sampler"
 SAMPLER_PT = "sampler.pt"
 # The inference pipeline picks <stem>.safetensors before <stem>.pt; StyleSampler.from_checkpoint
 # reads both formats, so the two files are interchangeable.
 SAMPLER_SAFETENSORS = "sampler.safetensors"
-N_STRUCTURE = 7
 PARTS = ("color", "structure")  # training order of the official script
-
-
-@dataclass
-class SamplerConfig:
-    iters: int | None = None        # Adam steps per net; None: official int(500000 / n_codes) epochs
-    batch: int = 128                # global batch (split over ranks)
-    repeat_to: int = 1000           # bank repeated repeat_to // N times
-    jitter: float = 0.05
-    lr: float = 1e-3
-    lr_decay_epochs: int = 50
-    lr_decay: float = 0.5
-    beta1: float = 0.5
-    beta2: float = 0.999
-    weight_decay: float = 1e-5
-    noise_dim: int = 128
-    seed: int = 0
-    save_every: int = 500           # steps between checkpoints (and one when stopped / at the end)
-    device: str = "cpu"
-    dtype: str = "float32"          # training precision ("float64" for exactness checks); files are float32
 
 
 class _ICPTrain(nn.Module):
@@ -114,12 +95,8 @@ def train_sampler(bank, out_dir: str | os.PathLike, config: SamplerConfig | None
     ``out_dir/train_state/sampler.pt`` bit for bit (a missing state starts afresh).
     """
     cfg = config or SamplerConfig()
-    ctx = dist_ctx or D.setup(cfg.device)
-    try:
+    with dist_session(cfg.device, dist_ctx) as ctx:
         return _train(bank, Path(out_dir), cfg, ctx, resume, progress, should_stop)
-    finally:
-        if dist_ctx is None:
-            D.cleanup(ctx)
 
 
 def _train(bank, out: Path, cfg: SamplerConfig, ctx: D.DistContext, resume: bool, progress, should_stop) -> StageResult:
@@ -168,20 +145,16 @@ def _train(bank, out: Path, cfg: SamplerConfig, ctx: D.DistContext, resume: bool
                   "betas": [cfg.beta1, cfg.beta2], "weight_decay": cfg.weight_decay, "noise_dim": cfg.noise_dim,
                   "bank": tensor_fingerprint(codes), "n_latent": n_latent, "steps_per_net": steps_per_net,
                   "dtype": cfg.dtype}
-    ckpt = state_path(out, STAGE)
+    loop = Loop(STAGE, out, ctx, total, run_config, cfg.save_every, progress, should_stop)
     part_i, epoch, batch_i = 0, 0, 0
-    losses: list[float] = []
     epoch_data = None
     opt_state = None
-    if resume and ckpt.is_file():
-        state = load_state(ckpt, STAGE)
-        check_compatible(state["config"], run_config,
-                         ["seed", "batch", "repeat_to", "jitter", "lr", "lr_decay_epochs", "lr_decay", "betas",
-                          "weight_decay", "noise_dim", "bank", "n_latent", "steps_per_net", "dtype"], ckpt)
+    state = loop.load(resume, ["seed", "batch", "repeat_to", "jitter", "lr", "lr_decay_epochs", "lr_decay", "betas",
+                               "weight_decay", "noise_dim", "bank", "n_latent", "steps_per_net", "dtype"])
+    if state is not None:
         apply_state(state, models={"sampler": model}, generators={"icp": g_icp})
         ex = state["extra"]
         part_i, epoch, batch_i = int(ex["part"]), int(ex["epoch"]), int(ex["batch"])
-        losses = [float(v) for v in ex["losses"].tolist()]
         if batch_i > 0:
             epoch_data = (ex["noise"].to(device, dtype), ex["nearest"].to(device))
             opt_state = state["optimizers"]["adam"]
@@ -199,28 +172,20 @@ def _train(bank, out: Path, cfg: SamplerConfig, ctx: D.DistContext, resume: bool
         opt = new_optimizer(getattr(model, PARTS[part_i]))
         opt.load_state_dict(opt_state)
 
-    def checkpoint(opt, finished: bool = False) -> None:
+    def parts() -> dict:
         mid_epoch = batch_i > 0
-        extra = {"part": part_i, "epoch": epoch, "batch": batch_i, "losses": torch.tensor(losses, dtype=torch.float64),
+        extra = {"part": part_i, "epoch": epoch, "batch": batch_i,
                  "noise": epoch_data[0] if mid_epoch else None, "nearest": epoch_data[1] if mid_epoch else None,
                  "n_codes": n}
-        state = make_state(STAGE, done, total, config=run_config, models={"sampler": model},
-                           optimizers={"adam": opt} if mid_epoch else {}, generators={"icp": g_icp}, extra=extra,
-                           finished=finished)
-        if ctx.is_main:
-            save_state(ckpt, state)
-        D.barrier(ctx)
+        return {"models": {"sampler": model}, "optimizers": {"adam": opt} if mid_epoch else {},
+                "generators": {"icp": g_icp}, "extra": extra}
 
-    D.check_same_run(ctx, run_config, {"sampler weights": model, "step": done, "random state": g_icp.get_state(),
-                                       "epoch in progress": epoch_data or (), "optimiser state": opt_state or {}})
-    stopped = False
+    loop.check_same_run({"sampler weights": model, "step": done, "random state": g_icp.get_state(),
+                         "epoch in progress": epoch_data or (), "optimiser state": opt_state or {}})
     train_module, module_part = None, None
-    while done < total:
-        # Stop before touching any state, so the checkpoint is exactly "after step `done`".
-        if should_stop is not None or ctx.distributed:
-            if D.stop_requested(bool(should_stop is not None and ctx.is_main and should_stop()), ctx):
-                stopped = True
-                break
+
+    def step(done: int) -> dict:
+        nonlocal part_i, epoch, batch_i, epoch_data, opt, train_module, module_part
         part = PARTS[part_i]
         net: ICPNet = getattr(model, part)
         part_targets = targets[:, columns[part]]
@@ -248,31 +213,24 @@ def _train(bank, out: Path, cfg: SamplerConfig, ctx: D.DistContext, resume: bool
         loss.backward()
         opt.step()
         value = float(D.all_reduce_sum(sq.detach(), ctx)) / (cfg.batch * dims[part])
-        losses.append(value)
-        done += 1
         batch_i += 1
-        part_done = done - part_i * steps_per_net
+        part_done = done + 1 - part_i * steps_per_net
         if batch_i == batch_n or part_done == steps_per_net:  # end of an epoch
             epoch, batch_i, opt, epoch_data = epoch + 1, 0, None, None
             if part_done == steps_per_net:  # this net is done; the next starts at epoch 0
                 part_i, epoch = part_i + 1, 0
-        if done % cfg.save_every == 0 and done < total:
-            checkpoint(opt)
-        if progress is not None and ctx.is_main:
-            progress(done, total, {"stage": STAGE, "loss": value, "part": part, "epoch": epoch})
+        return {"loss": value, "part": part, "epoch": epoch}
 
-    if stopped:
-        checkpoint(opt)
-        return StageResult(STAGE, done, total, True, ckpt, [], losses)
-    outputs = [out / SAMPLER_PT, out / SAMPLER_SAFETENSORS]
-    checkpoint(None, finished=True)
-    model.eval().requires_grad_(False)
-    if ctx.is_main:
-        save_sampler_safetensors(outputs[1], model, twin=outputs[0])  # sampler.pt + .safetensors, one pair
-    D.barrier(ctx)
-    notes = [f"{n_bank} styles x {reps} = {n} training codes, batch {cfg.batch}, {batch_n} steps per epoch, "
-             f"{steps_per_net} steps per net (official default {max(1, epochs_official) * batch_n})"]
-    return StageResult(STAGE, done, total, False, ckpt, outputs, losses, notes, {"sampler": model})
+    def finish():
+        outputs = [out / SAMPLER_PT, out / SAMPLER_SAFETENSORS]
+        model.eval().requires_grad_(False)
+        if ctx.is_main:
+            save_sampler_safetensors(outputs[1], model, twin=outputs[0])  # sampler.pt + .safetensors, one pair
+        loop.notes.append(f"{n_bank} styles x {reps} = {n} training codes, batch {cfg.batch}, {batch_n} steps per "
+                          f"epoch, {steps_per_net} steps per net (official default {max(1, epochs_official) * batch_n})")
+        return outputs, {"sampler": model}
+
+    return loop.run(done, step, parts, finish)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import InputError
 from . import distributed as D
+from .loop import dist_session
 from .common import Progress, ShouldStop, StageResult
 from .files import (STYLEGAN_FFHQ, discriminator_from_state, find_file, read_training_file, save_generator_files,
                     search_folders, stylegan2_from_state, stylegan2_size)
@@ -33,6 +34,7 @@ PURPOSE = (f"rosinality's FFHQ StyleGAN2 ({STYLEGAN_FFHQ}, with its 'g', 'd' and
 
 class FinetuneStyleGAN(GANStage):
     name = STAGE
+    snapshot_stem = "finetune"  # finetune-NNNNNN.pt, as the file of the finished run
 
     def __init__(self, g, g_ema, d, data: ImageSet, out: Path, cfg: GANConfig, ctx: D.DistContext):
         super().__init__(g, g_ema, d, out, cfg, ctx)
@@ -84,8 +86,7 @@ def finetune_stylegan(checkpoints, data, out, cfg: GANConfig | None = None, *, s
     """Fine-tune the FFHQ StyleGAN2 (``start`` or ``stylegan2-ffhq-config-f.pt`` found in
     ``out``/``checkpoints/style``/``checkpoints``) on the images in ``data``; write into ``out``."""
     cfg = cfg or GANConfig()
-    ctx = dist_ctx or D.setup(cfg.device)
-    try:
+    with dist_session(cfg.device, dist_ctx) as ctx:
         cfg.check(ctx.world_size)
         out = Path(out)
         path = Path(start) if start else find_file(STYLEGAN_FFHQ, search_folders(out, checkpoints, style), PURPOSE)
@@ -106,9 +107,6 @@ def finetune_stylegan(checkpoints, data, out, cfg: GANConfig | None = None, *, s
         result = stage.run(resume, progress, should_stop, run_config, start_optimizers=ckpt)
         result.notes.append(f"started from {path}; {len(images)} style images at {size}px")
         return result
-    finally:
-        if dist_ctx is None:
-            D.cleanup(ctx)
 
 
 __all__ = ["FinetuneStyleGAN", "STAGE", "finetune_stylegan"]
