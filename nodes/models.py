@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -17,6 +18,9 @@ log = logging.getLogger("pastiche")
 DEMO_STYLE = "demo (random weights)"
 PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
 _GEN_FILES = ("generator.pt", "generator.safetensors")
+FINAL_GENERATOR = "final"
+#: numbered training snapshots (train --snapshot-every): generator-001400.pt, never generator-pretrain*.pt
+_SNAPSHOT = re.compile(r"^generator-\d{6}\.(pt|safetensors)$")
 
 
 def find_styles() -> dict[str, Path]:
@@ -32,6 +36,39 @@ def find_styles() -> dict[str, Path]:
             if e.is_dir() and e.name not in styles and any(os.path.isfile(os.path.join(e.path, f)) for f in _GEN_FILES):
                 styles[e.name] = Path(root)
     return styles
+
+
+def style_snapshots(style_folder: Path) -> list[str]:
+    """The numbered generator snapshots in one style folder, oldest first."""
+    try:
+        return sorted(e.name for e in os.scandir(style_folder) if e.is_file() and _SNAPSHOT.match(e.name))
+    except OSError:
+        return []
+
+
+def generator_options() -> list[str]:
+    """'final' (the style's generator.pt), then every snapshot name found in any style folder."""
+    names = {n for style, root in find_styles().items() for n in style_snapshots(root / style)}
+    return [FINAL_GENERATOR, *sorted(names)]
+
+
+def snapshot_file(style: str, generator: str) -> Path | None:
+    """The file of ``generator`` (a snapshot name) in ``style``'s folder; None for 'final'."""
+    if generator in ("", FINAL_GENERATOR):
+        return None
+    if not _SNAPSHOT.match(generator):
+        raise PasticheNodeError(f"generator '{generator}' is not a training snapshot name (generator-NNNNNN.pt, "
+                                f"six digits) or 'final'")
+    if style == DEMO_STYLE:
+        raise PasticheNodeError("the demo style has no training snapshots: set generator to 'final'")
+    root = find_styles().get(style)
+    folder = root / style if root is not None else None
+    if folder is None or not (folder / generator).is_file():
+        have = style_snapshots(folder) if folder is not None else []
+        raise PasticheNodeError(f"style '{style}' has no snapshot '{generator}'"
+                                + (f" (it has: {', '.join(have)})" if have else " (it has none: train with "
+                                   "--snapshot-every N, or the Fine-Tune Stage, to make some)"))
+    return folder / generator
 
 
 def official_styles() -> tuple[str, ...]:
@@ -251,11 +288,13 @@ def _pick_dtype(precision: str, device, n_params: int):
 _CACHE: dict[tuple, DualStyleGANBundle] = {}
 
 
-def _files_stamp(root: Path, style: str) -> tuple:
+def _files_stamp(root: Path, style: str, generator: Path | None = None) -> tuple:
     """(name, size, mtime) of the files a bundle loads: a retrained style is a new cache key."""
     from pastiche_core.pipeline import CheckpointPaths
 
     paths = CheckpointPaths.find(root, style)
+    if generator is not None:
+        paths.generator = generator
     out = []
     for p in (paths.generator, paths.encoder, paths.encoder_wplus, paths.bank, paths.sampler):
         if p is not None:
@@ -275,9 +314,10 @@ def precision_of(dtype) -> str:
 
 
 def load_bundle(style: str, precision: str = "auto", *, root: Path | None = None,
-                reload: bool = False) -> DualStyleGANBundle:
+                reload: bool = False, generator: Path | None = None) -> DualStyleGANBundle:
     """The bundle of ``style``: found in the registered model folders, or in ``root`` when given
-    (e.g. the folder a Fine-Tune Stage just wrote). ``reload``: never reuse a cached bundle."""
+    (e.g. the folder a Fine-Tune Stage just wrote). ``reload``: never reuse a cached bundle.
+    ``generator``: this generator file (a training snapshot) instead of the style's generator.pt."""
     import comfy.model_management as mm
     from pastiche_core.errors import PasticheError
     from pastiche_core.pipeline import DemoWeightsWarning, StylePipeline
@@ -295,7 +335,7 @@ def load_bundle(style: str, precision: str = "auto", *, root: Path | None = None
             raise PasticheNodeError(f"style folder '{style}' not found in {where}; put the official "
                                     f"'{style}/generator.pt' there (see the Pastiche README) or pick another style")
         root, stylename = styles[style], style
-    stamp = _files_stamp(root, stylename) if root is not None else ()
+    stamp = _files_stamp(root, stylename, generator) if root is not None else ()
     key = (str(root), stylename, str(load_device), str(dtype), stamp)
     if key in _CACHE and not reload:
         return _CACHE[key]
@@ -306,7 +346,8 @@ def load_bundle(style: str, precision: str = "auto", *, root: Path | None = None
                 pipe = StylePipeline(None, demo=True, device=offload_device, dtype=dtype)
             log.warning("Pastiche: using built-in DEMO weights (random, 256 px): outputs only show the graph working")
         else:
-            pipe = StylePipeline.from_folder(root, stylename, allow_demo=False, device=offload_device, dtype=dtype)
+            pipe = StylePipeline.from_folder(root, stylename, allow_demo=False, device=offload_device, dtype=dtype,
+                                             generator=generator)
             pipe.paths.require("generator")
             pipe.paths.require("encoder")
             pipe.paths.require("bank")
@@ -360,13 +401,18 @@ class LoadDualStyleGAN(io.ComfyNode):
                                  tooltip="When an official style's files are not in models/dualstylegan/ yet, fetch "
                                          "them from Hugging Face (public-data/DualStyleGAN), with progress; off: a "
                                          "missing file stops the node with the folder to fill by hand."),
+                io.Combo.Input("generator", options=generator_options(), default=FINAL_GENERATOR, optional=True,
+                               tooltip="final: the style's generator.pt. generator-NNNNNN.pt: a numbered snapshot "
+                                       "that training kept in the style folder (train --snapshot-every N), to pick "
+                                       "the best iteration as the official recipe does (the paper used 1400)."),
             ],
             outputs=[DualStyleGANModel.Output(display_name="model",
                                               tooltip="Generator, encoders, style bank and sampler of this style.")],
         )
 
     @classmethod
-    def fingerprint_inputs(cls, style: str, precision: str = "auto", download_missing: bool = False):
+    def fingerprint_inputs(cls, style: str, precision: str = "auto", download_missing: bool = False,
+                           generator: str = FINAL_GENERATOR):
         """ComfyUI caches this node's output by its inputs, and a style retrained or replaced in place
         keeps its name: so the key also carries name, size and mtime of every file the loader will
         read (the same stamp that keys :data:`_CACHE`). A stat per file, no loading."""
@@ -375,10 +421,15 @@ class LoadDualStyleGAN(io.ComfyNode):
         root = find_styles().get(style)
         if root is None:  # execute reports the missing folder; a later copy of it changes this value
             return f"missing:{style}"
-        return (str(root), style, _files_stamp(root, style))
+        try:
+            chosen = snapshot_file(style, generator)
+        except PasticheNodeError:
+            return f"missing:{style}/{generator}"
+        return (str(root), style, _files_stamp(root, style, chosen))
 
     @classmethod
     @node_errors("Load DualStyleGAN")
-    def execute(cls, style: str, precision: str = "auto", download_missing: bool = False) -> io.NodeOutput:
+    def execute(cls, style: str, precision: str = "auto", download_missing: bool = False,
+                generator: str = FINAL_GENERATOR) -> io.NodeOutput:
         ensure_style_files(style, bool(download_missing))
-        return io.NodeOutput(load_bundle(style, precision))
+        return io.NodeOutput(load_bundle(style, precision, generator=snapshot_file(style, generator)))

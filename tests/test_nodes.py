@@ -1025,8 +1025,9 @@ def test_loader_lists_official_styles_and_downloads_on_request(nodes, host, monk
     assert opts[0] == "cartoon" and "anime" in opts and "slamdunk" in opts and opts[-1].startswith("demo")
     assert "not downloaded yet: caricature, anime" in info["style"][1]["tooltip"]
     optional = loader.GET_NODE_INFO_V1()["input"]["optional"]
-    assert list(optional) == ["download_missing"] and optional["download_missing"][1]["default"] is False
-    assert loader.GET_NODE_INFO_V1()["input_order"]["optional"] == ["download_missing"]  # the last widget
+    assert list(optional) == ["download_missing", "generator"] and optional["download_missing"][1]["default"] is False
+    # appended after the two required widgets, the snapshot choice after it
+    assert loader.GET_NODE_INFO_V1()["input_order"]["optional"] == ["download_missing", "generator"]
 
     root = Path(folder_paths.get_folder_paths("dualstylegan")[0])
     with pytest.raises(err(host), match=rf"style 'anime' is not downloaded: anime/generator.pt.* missing in '{root}'. "
@@ -1043,7 +1044,7 @@ def test_loader_lists_official_styles_and_downloads_on_request(nodes, host, monk
     hub = td.Hub(td.make_repo_files(tmp_path))
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(models_mod, "load_bundle", lambda style, precision="auto": ("loaded", style))
+    monkeypatch.setattr(models_mod, "load_bundle", lambda style, precision="auto", generator=None: ("loaded", style))
     (root / "encoder.pt").write_bytes(b"the encoder is already here")
     try:
         before = len(events)
@@ -1059,3 +1060,46 @@ def test_loader_lists_official_styles_and_downloads_on_request(nodes, host, monk
 
         shutil.rmtree(root / "anime", ignore_errors=True)
         (root / "encoder.pt").unlink(missing_ok=True)
+
+
+def test_loader_picks_a_numbered_training_snapshot(nodes, host):
+    """LoadDualStyleGAN's generator input: 'final' (generator.pt) or a snapshot that training kept
+    in the style folder (generator-NNNNNN.pt); the bundle runs the file picked."""
+    import shutil
+
+    import folder_paths
+    import torch
+    from make_model_folder import write_folder
+    from pastiche_pack_under_test.nodes import models as node_models
+
+    root = Path(folder_paths.get_folder_paths("dualstylegan")[0])
+    before = set(root.iterdir())
+    write_folder(root, style="snap_style", bank_size=2)
+    style = root / "snap_style"
+    try:
+        final = torch.load(style / "generator.pt", weights_only=True)
+        snap = {"g_ema": {k: (v * 0.5 if k.endswith("conv.weight") else v) for k, v in final["g_ema"].items()}}
+        torch.save(snap, style / "generator-000007.pt")
+        (style / "generator-pretrain-000007.pt").write_bytes(b"never offered")
+        assert node_models.generator_options() == ["final", "generator-000007.pt"]
+        schema = nodes["PasticheLoadDualStyleGAN"].GET_NODE_INFO_V1()["input"]["optional"]
+        assert list(schema)[-1] == "generator"  # appended: saved workflows keep their widget places
+        load = nodes["PasticheLoadDualStyleGAN"]
+        key = next(k for k in final["g_ema"] if k.endswith("conv.weight"))
+
+        def weight(bundle):
+            return dict(bundle.generator().state_dict())[key].float().cpu()
+
+        picked = load.execute(style="snap_style", precision="fp32", generator="generator-000007.pt")[0]
+        assert torch.equal(weight(picked), snap["g_ema"][key].float())
+        plain = load.execute(style="snap_style", precision="fp32")[0]
+        assert torch.equal(weight(plain), final["g_ema"][key].float())
+        assert load.fingerprint_inputs(style="snap_style", generator="generator-000007.pt") != \
+            load.fingerprint_inputs(style="snap_style")
+        with pytest.raises(err(host), match="no snapshot 'generator-000008.pt'.*it has: generator-000007.pt"):
+            load.execute(style="snap_style", precision="fp32", generator="generator-000008.pt")
+        with pytest.raises(err(host), match="not a training snapshot name"):
+            load.execute(style="snap_style", precision="fp32", generator="../cartoon/generator.pt")
+    finally:
+        for made in set(root.iterdir()) - before:  # the style and the shared encoder.pt it came with
+            shutil.rmtree(made) if made.is_dir() else made.unlink()

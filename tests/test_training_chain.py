@@ -16,6 +16,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,9 +71,10 @@ def test_train_a_style_end_to_end_at_256(folders, monkeypatch, capsys, tmp_path)
     code, stdout, err = train(monkeypatch, capsys, "pretrain", "--data", faces, *common)
     assert code == 0, err
     assert str(out / "generator-pretrain.pt") in stdout.split()
-    code, stdout, err = train(monkeypatch, capsys, "finetune", "--data", style, *common)
+    code, stdout, err = train(monkeypatch, capsys, "finetune", "--data", style, *common, "--snapshot-every", 1)
     assert code == 0, err
     assert str(out / "generator.pt") in stdout.split()
+    assert (out / "generator-000001.pt").is_file() and (out / "samples-000001.png").is_file()
 
     from pastiche_core.checkpoints import load_dualstylegan
     from pastiche_core.styles import StyleBank
@@ -88,6 +90,14 @@ def test_train_a_style_end_to_end_at_256(folders, monkeypatch, capsys, tmp_path)
     from PIL import Image
 
     assert Image.open(result).size == (256, 256)
+    # the numbered snapshot of the last step is the trained model: it stylises to the same image
+    snap = tmp_path / "styled_snapshot.png"
+    code = cli.main(["stylize", str(INPUTS / "pastiche_face_aligned.jpg"), "--checkpoints", str(root), "--style",
+                     "my_style", "--style-id", "1", "--generator", str(out / "generator-000001.pt"),
+                     "--out", str(snap)])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(snap)), np.asarray(Image.open(result)))
 
 
 def test_face_check_warns_before_training(folders, monkeypatch, capsys, tmp_path):

@@ -122,17 +122,23 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def vgg19_layers(n_modules: int = 37) -> nn.Sequential:
-    """The first ``n_modules`` modules of torchvision's ``vgg19().features`` (same indices)."""
+def vgg_layers(cfg: tuple, n_modules: int) -> nn.Sequential:
+    """The first ``n_modules`` modules of a torchvision VGG's ``features`` built from its layer
+    list ``cfg`` (channels, "M" for a max-pool), with torchvision's module indices."""
     layers: list[nn.Module] = []
     in_ch = 3
-    for v in VGG19_CFG:
+    for v in cfg:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
             layers += [nn.Conv2d(in_ch, v, kernel_size=3, padding=1), nn.ReLU(inplace=False)]
             in_ch = v
     return nn.Sequential(*layers[:n_modules])
+
+
+def vgg19_layers(n_modules: int = 37) -> nn.Sequential:
+    """The first ``n_modules`` modules of torchvision's ``vgg19().features`` (same indices)."""
+    return vgg_layers(VGG19_CFG, n_modules)
 
 
 def vgg19_feature_shapes(n_slices: int = 5) -> dict[str, tuple[int, ...]]:

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..checkpoints import safe_torch_load
 from ..errors import CheckpointError
-from .losses import VGG16_FILE, find_loss_network
+from .losses import VGG16_FILE, find_loss_network, vgg_layers
 
 HEADS_FILE = Path(__file__).with_name("weights") / "lpips_vgg_v0.1.pth"
 HEADS_SHA256 = "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868"
@@ -47,15 +47,7 @@ SCALE = (0.458, 0.448, 0.450)
 
 def vgg16_layers() -> nn.Sequential:
     """torchvision's ``vgg16().features`` up to relu5_3 (30 modules, the same indices)."""
-    layers: list[nn.Module] = []
-    in_ch = 3
-    for v in VGG16_CFG:
-        if v == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        else:
-            layers += [nn.Conv2d(in_ch, v, kernel_size=3, padding=1), nn.ReLU()]
-            in_ch = v
-    return nn.Sequential(*layers[:LPIPS_SLICES[-1][1]])
+    return vgg_layers(VGG16_CFG, LPIPS_SLICES[-1][1])
 
 
 def vgg16_feature_shapes() -> dict[str, tuple[int, ...]]:
