@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from pastiche_core.training import distributed as D
 
@@ -45,11 +44,7 @@ def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("dist")
     with T.module_setup():
         ckpts = T.make_checkpoints(base / "checkpoint")
-    data = base / "eight"
-    data.mkdir()
-    for p in sorted((ckpts / "style").iterdir()):
-        Image.open(p).save(data / p.name)
-        Image.open(p).transpose(Image.Transpose.ROTATE_90).save(data / f"r_{p.name}")
+    data = T.eight_images(ckpts, base / "eight")
     worker = base / "worker.py"
     # the CLI arguments come as JSON in the environment (torchrun would take some of them for its own
     # abbreviated options, e.g. --start); RANK1_ARGS: extra ones for rank 1 only (a rank that disagrees)

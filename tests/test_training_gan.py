@@ -294,14 +294,19 @@ def test_resume_with_augmentation_and_after_sigkill(ckpts, tmp_path):
         run_finetune_stylegan(ckpts, run, 6, resume=True, augment=True, augment_p=0.25)
 
 
+def eight_images(ckpts: Path, folder: Path) -> Path:
+    """The 4 style images of ``ckpts`` and their quarter turns: 8 distinct images in ``folder``."""
+    folder.mkdir()
+    for p in sorted((ckpts / "style").iterdir()):
+        Image.open(p).save(folder / p.name)
+        Image.open(p).transpose(Image.Transpose.ROTATE_90).save(folder / f"r_{p.name}")
+    return folder
+
+
 def test_two_processes_match_one(ckpts, tmp_path):
     """torchrun, 2 gloo processes x 4 images == 1 process with the global batch of 8 (the
     discriminator's stddev groups coincide: rank r holds samples r, r+2, ...)."""
-    data = tmp_path / "eight"
-    data.mkdir()
-    for p in sorted((ckpts / "style").iterdir()):
-        Image.open(p).save(data / p.name)
-        Image.open(p).transpose(Image.Transpose.ROTATE_90).save(data / f"r_{p.name}")
+    data = eight_images(ckpts, tmp_path / "eight")
     worker = tmp_path / "worker.py"
     worker.write_text(textwrap.dedent(f"""
         import os, sys, torch
