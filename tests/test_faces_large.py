@@ -98,7 +98,7 @@ def test_the_coarse_run_refuses_a_box_in_its_guard_band():
     assert run(level) is None and run(level - 1) is None  # the face's level is in the guard band
     found, start = run(level - hog_pyramid.GUARD_LEVELS)
     assert start == level - hog_pyramid.GUARD_LEVELS and [b for b, _s, _k in found] == boxes
-    # started inside the guard band, it starts again two levels below the box
+    # started inside the guard band, it starts again GUARD_LEVELS below the box
     found, start = hog_pyramid.search(det._detector, det._dlib, rgb, upsample=1, level=level, min_level=level - 4)
     assert start == level - hog_pyramid.GUARD_LEVELS and [b for b, _s, _k in found] == boxes
 

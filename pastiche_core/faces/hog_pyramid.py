@@ -16,16 +16,19 @@ rectangle (one integer rounds to each value, the map stretches by 1.2 per level)
 again the official way, including the final ``pyramid_down<2>`` step back to the photo.
 
 What the coarse run cannot see is boxes from the skipped levels, and dlib's non-maximum
-suppression compares boxes of all levels. dlib's overlap test needs intersection over the
-two boxes' bounding rectangle above 0.5; a box two levels finer covers at most 1/1.44^2 =
-0.48 of a coarser one, so boxes two or more levels apart never suppress each other. The two
-finest levels of the run are therefore a guard band: if any box there survives, the skipped
-levels might have changed it, and :func:`search` starts again two levels below that box
-(down to a floor; past it, it returns ``None`` and the caller runs the whole pyramid).
-Otherwise every box it returns is an official box with its official score, in the
-official order, and the only boxes missing are faces too small for the run's floor
+suppression compares boxes of all levels. The frontal detector's overlap test (read from its
+serialised form) calls two boxes overlapping when their intersection is more than 0.33 of their
+bounding rectangle, or more than 0.79 of either box. The first needs boxes within three levels
+of each other (four levels apart, concentric boxes reach (1/1.2^4)^2 = 0.23), so the four finest
+levels of the run are a guard band: if a box survives there, the skipped levels might have
+changed it, and :func:`search` starts again four levels below that box (down to a floor; past
+it, it returns ``None`` and the caller runs the whole pyramid). The second cannot be ruled out
+from the coarse run: a skipped, smaller box lying almost wholly inside a face's box with a
+higher score would have suppressed that face in the official run (a face detected inside a
+face: not seen in ``benchmarks/dlib_pyramid_parity.py``'s random photos, but possible). Apart
+from that case every box returned is an official box with its official score, in the official
+order, and the only boxes missing are faces too small for the run's floor
 (:func:`smallest_exact_box`), which the caller only may drop when it wants the largest face.
-``benchmarks/dlib_pyramid_parity.py`` checks this against full runs on random photos.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ __all__ = ["start_level", "smallest_exact_box", "search", "GUARD_LEVELS", "WINDO
 #: right - left of a detection box at the level that found it (the 80 px window's box)
 WINDOW_SPAN = 72
 #: levels at the fine end of a coarse run whose boxes may interact with skipped levels
-GUARD_LEVELS = 2
+GUARD_LEVELS = 4
 _STEP = 6 / (6 - 1.0)  # pyramid_down<6>::point_up ratio, computed as dlib does
 _UP2_OFFSET = (1.25, 0.75)  # pyramid_down<2>'s point offsets for x and y
 
