@@ -15,7 +15,6 @@ photo and the totals, and exits 1 on any mismatch.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ def face_sources() -> list[Image.Image]:
 
 
 def level_of(box, upsample: int) -> int:
-    return int(round(math.log((box[2] - box[0]) * 2**upsample / hog_pyramid.WINDOW_SPAN) / math.log(1.2)))
+    return hog_pyramid.window_level((box[2] - box[0]) * 2**upsample)
 
 
 def random_photo(rng: np.random.Generator, srcs: list[Image.Image], case: int) -> np.ndarray:

@@ -93,7 +93,7 @@ def test_the_coarse_run_refuses_a_box_in_its_guard_band():
     boxes, _marks = official_landmarks(rgb)
     det = detect.get_detector("dlib")
     det._setup()
-    level = int(round(np.log((boxes[0][2] - boxes[0][0]) * 2 / hog_pyramid.WINDOW_SPAN) / np.log(1.2)))
+    level = hog_pyramid.window_level((boxes[0][2] - boxes[0][0]) * 2)  # the upsampled photo's pixels
     run = lambda start: hog_pyramid.search(det._detector, det._dlib, rgb, upsample=1, level=start)  # noqa: E731
     assert run(level) is None and run(level - 1) is None  # the face's level is in the guard band
     found, start = run(level - hog_pyramid.GUARD_LEVELS)

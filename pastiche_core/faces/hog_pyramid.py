@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["start_level", "smallest_exact_box", "search", "GUARD_LEVELS", "WINDOW_SPAN"]
+__all__ = ["start_level", "smallest_exact_box", "search", "window_level", "GUARD_LEVELS", "WINDOW_SPAN"]
 
 #: right - left of a detection box at the level that found it (the 80 px window's box)
 WINDOW_SPAN = 72
@@ -109,6 +109,12 @@ def _level_images(dlib: Any, image: np.ndarray, upsample: int, level: int, keep_
     return kept
 
 
+def window_level(span: float) -> int:
+    """How many pyramid steps above its own level a box of ``right - left == span`` (in one
+    level's pixels) was found: the detection window's box grows by 1.2 per level."""
+    return int(round(math.log(max(span, 1) / WINDOW_SPAN) / math.log(_STEP)))
+
+
 def _window_coordinate(value: int, levels: int) -> int | None:
     """The integer ``f`` with ``lround(_up6(f, levels)) == value`` (at most one exists)."""
     guess = round((value - _up6(0.0, levels)) / _STEP**levels)
@@ -124,8 +130,7 @@ def _scan(detector: Any, level_image: np.ndarray, *, upsample: int, level: int):
     rects, scores, subs = detector.run(level_image, 0, 0.0)
     found = []
     for rect, score, sub in zip(rects, scores, subs):
-        span = rect.right() - rect.left()
-        rel = int(round(math.log(max(span, 1) / WINDOW_SPAN) / math.log(_STEP)))
+        rel = window_level(rect.right() - rect.left())
         if rel < GUARD_LEVELS:
             return level + rel
         window = [_window_coordinate(v, rel) for v in (rect.left(), rect.top(), rect.right(), rect.bottom())]
