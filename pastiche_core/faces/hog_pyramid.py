@@ -160,7 +160,7 @@ def search(
     start = level
     while True:
         result = _scan(detector, levels[start], upsample=upsample, level=start)
-        if not isinstance(result, int) or isinstance(result, bool):
+        if result is None or isinstance(result, list):
             return None if result is None else (result, start)
         start = result - GUARD_LEVELS
         if start < floor:
