@@ -345,17 +345,17 @@ class FineTuneStage(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, save_name: str = "my_style", data_folder: str = "", **_):
-        """What ComfyUI's cache cannot see in the inputs: the files of data_folder and the shared
-        training inputs in models/dualstylegan/ (name, size, mtime). Never anything under the
-        save_name folder, which this node (and the stages chained with it) write: a stage must not
-        run again on the next queue because its own outputs changed."""
-        from pastiche_core.training.files import ENCODER, STYLEGAN_FFHQ
-        from pastiche_core.training.losses import IRSE50_FILE, VGG16_FILE, VGG19_FILE
+        """What ComfyUI's cache cannot see in the inputs: the files of data_folder and the
+        training inputs in models/dualstylegan/ (every file a stage reads, from the stages'
+        ``inputs()``; name, size, mtime). Never anything under the save_name folder, which this
+        node (and the stages chained with it) write: a stage must not run again on the next
+        queue because its own outputs changed."""
+        from pastiche_core.training.stages import TRAINING_STAGES
 
         name = str(save_name or "").strip()
         outs = [Path(r) / name for r in model_roots()] if name else []
-        files = [Path(r) / f for r in model_roots()
-                 for f in (STYLEGAN_FFHQ, ENCODER, VGG19_FILE, VGG16_FILE, IRSE50_FILE)]
+        shared = dict.fromkeys(n for s in TRAINING_STAGES.values() for inp in s.inputs() for n in inp.names())
+        files = [Path(r) / f for r in model_roots() for f in shared]
         folder = (data_folder or "").strip()
         if folder:
             try:

@@ -371,19 +371,20 @@ def test_a_stale_safetensors_cannot_win(tmp_path, monkeypatch):
 
 def test_bank_pairs_and_the_training_bank_lookup(tmp_path):
     from pastiche_core.styles import StyleBank
-    from pastiche_core.training.runner import _bank
+    from pastiche_core.training.inputs import EXSTYLE_FOR_REFINE
+    from pastiche_core.training.stages import find_bank
 
     g = torch.Generator().manual_seed(0)
     one = StyleBank(["a.png", "b.png"], torch.randn(2, 18, 512, generator=g), space="z+")
     two = StyleBank(["a.png", "b.png"], torch.randn(2, 18, 512, generator=g), space="z+")
     one.save_pair(tmp_path / "exstyle_code.npy", tmp_path / "exstyle_code.safetensors")
-    bank, found = _bank([tmp_path], "exstyle_code", "")
+    bank, found = find_bank(EXSTYLE_FOR_REFINE, [tmp_path])
     assert found.suffix == ".safetensors" and torch.equal(bank.codes, one.codes)
     meta = json.loads(__import__("safetensors").safe_open(str(found), "pt").metadata()[atomic.TWIN_KEY])
     assert meta["name"] == "exstyle_code.npy"
     two.save_npy(tmp_path / "exstyle_code.npy")  # e.g. the official refine script rewrote the .npy
     with pytest.warns(UserWarning, match="older than"):
-        bank, found = _bank([tmp_path], "exstyle_code", "")
+        bank, found = find_bank(EXSTYLE_FOR_REFINE, [tmp_path])
     assert found.suffix == ".npy" and torch.equal(bank.codes, two.codes)
 
 

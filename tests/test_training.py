@@ -278,8 +278,8 @@ def test_id_loss_matches_official():
 @pytest.mark.parametrize("stage, missing", [
     ("finetune-stylegan", "missing stylegan2-ffhq-config-f.pt"),
     ("destylize", "missing finetune-000600.pt"),
-    ("pretrain", "missing vgg19-dcbb9e9d.pth"),
-    ("finetune", "missing vgg19-dcbb9e9d.pth"),
+    ("pretrain", "missing stylegan2-ffhq-config-f.pt"),  # its first input (stages.PretrainStage.reads)
+    ("finetune", "missing generator-pretrain.pt"),
 ])
 def test_stage_inputs_missing_exit_2(stage, missing, tmp_path, monkeypatch, capsys):
     """Every stage checks its files before training: one error line naming the file, exit 2."""

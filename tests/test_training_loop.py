@@ -8,6 +8,8 @@ bit for bit: the refined codes equal those of an uninterrupted run of today's co
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +185,85 @@ def test_node_inputs_come_from_the_config():
         for k in list(sys.modules):
             if k.split(".")[0] in ("folder_paths", "comfy", "comfy_api") or k.startswith("pastiche_loop_pack"):
                 del sys.modules[k]
+
+
+# --------------------------------------------------------------------------------------------
+# the stage contract: resume keys declared on the Config, input files named by the stage
+# --------------------------------------------------------------------------------------------
+def test_resume_keys_are_declared_on_the_config_and_enforced(tmp_path):
+    """A setting declared ``resume=True`` refuses a resume with another value; one that is not
+    (how often to checkpoint) may change; every key is in the saved run config."""
+    from dataclasses import replace
+
+    from pastiche_core.errors import CheckpointError
+    from pastiche_core.training.options import FinetuneConfig, RefineConfig, resume_keys
+    from pastiche_core.training.refine_stage import refine_exstyle_codes
+
+    keys = resume_keys(FinetuneConfig)
+    assert {"style_loss", "contextual_loss", "perc_loss", "id_loss", "l2_reg_loss", "subspace_freq", "seed",
+            "names"} <= set(keys)
+    assert not {"save_every", "sample_every", "snapshot_every", "device"} & set(keys)
+    assert "cx_band_width" in resume_keys(RefineConfig) and "save_every" not in resume_keys(RefineConfig)
+
+    s = refine_setup(tmp_path)
+    out = tmp_path / "out"
+    first = refine_exstyle_codes(s["generator"], s["exstyle"], s["instyle"], s["data"], out, refine_config(),
+                                 should_stop=lambda: True)
+    assert first.stopped and first.steps_done == 0
+    saved = load_state(state_path(out, "refine-exstyle"), "refine-exstyle")["config"]
+    assert set(resume_keys(RefineConfig)) <= set(saved)
+    with pytest.raises(CheckpointError, match="cx_band_width: checkpoint 0.2, now 0.3"):
+        refine_exstyle_codes(s["generator"], s["exstyle"], s["instyle"], s["data"], out,
+                             replace(refine_config(), cx_band_width=0.3), resume=True)
+    done = refine_exstyle_codes(s["generator"], s["exstyle"], s["instyle"], s["data"], out,
+                                replace(refine_config(), save_every=1), resume=True)
+    assert not done.stopped and done.steps_done == 2 * refine_config().iters
+
+
+def _one_image_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(folder / "a.png")
+    return folder
+
+
+def test_every_stage_names_its_input_files_in_the_help_and_the_first_missing_one(tmp_path):
+    """``inputs()`` is what the help lists and what the lookups report: with nothing in the
+    checkpoint folders, each stage stops on its first input, naming it and what it is for."""
+    from pastiche_core.errors import CheckpointError
+    from pastiche_core.training.runner import run_stage
+    from pastiche_core.training.stages import TRAINING_STAGES
+
+    result = subprocess.run([sys.executable, "-m", "pastiche_core", "train", "--help"], capture_output=True, text=True,
+                            check=True)
+    help_text = " ".join(result.stdout.split())
+    data = _one_image_folder(tmp_path / "data")
+    empty = tmp_path / "checkpoints"
+    empty.mkdir()
+    for name, stage in TRAINING_STAGES.items():
+        assert f"{name} {stage.summary}" in help_text
+        for inp in stage.inputs():
+            assert inp.describe() in help_text, (name, inp.name)
+        first = stage.inputs(stage.config())[0]
+        with pytest.raises(CheckpointError) as err:
+            run_stage(name, checkpoints=empty, out=tmp_path / name, data=data if stage.data else None,
+                      options={"face_check": False})
+        message = str(err.value)
+        assert first.what in message and any(f"missing {n}" in message for n in first.names()), (name, message)
+
+
+def test_the_files_a_stage_reads_follow_its_settings():
+    from dataclasses import replace
+
+    from pastiche_core.training.stages import TRAINING_STAGES
+
+    def networks(stage, **settings):
+        spec = TRAINING_STAGES[stage]
+        return [inp.name for inp in spec.inputs(replace(spec.config(), **settings)) if inp.network]
+
+    assert networks("destylize") == ["vgg16-397923af.pth", "model_ir_se50.pth"]  # LPIPS + identity: official
+    assert networks("destylize", loss="vgg", id_weight=0.0) == ["vgg19-dcbb9e9d.pth"]
+    assert networks("destylize", loss="pixel", id_weight=0.0) == []
+    assert networks("refine-exstyle") == ["vgg16-397923af.pth", "vgg19-dcbb9e9d.pth"]  # LPIPS + CX on VGG19
+    assert networks("refine-exstyle", loss="pixel") == []
+    assert networks("finetune") == ["vgg19-dcbb9e9d.pth", "model_ir_se50.pth"]
+    assert networks("sampler") == []

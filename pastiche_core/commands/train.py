@@ -3,32 +3,11 @@
     python -m pastiche_core train STAGE --checkpoints DIR [--style NAME] --data FOLDER --out DIR
         [--iters N] [--batch B] [--size S] [--resume]
 
-Stages (official script in brackets; in the order they run). Inputs are looked up in OUT,
-DIR/NAME and DIR, so stages chained into one --out folder find each other's files:
+Stages, in the order they run (official script in brackets; [when] a file is read). Inputs are
+looked up in OUT, DIR/NAME and DIR, so stages chained into one --out folder find each other's
+files:
 
-  finetune-stylegan  StyleGAN2 fine-tuned on the style images (finetune_stylegan.py)
-                     reads stylegan2-ffhq-config-f.pt (g, d, g_ema); --data = style images
-                     writes OUT/finetune-NNNNNN.pt (+ .safetensors); default 600 iterations
-  destylize          intrinsic/extrinsic codes of the style images (destylize.py)
-                     reads finetune-000600.pt (or the newest finetune-*.pt), stylegan2-ffhq-config-f.pt,
-                     encoder.pt, vgg16-397923af.pth (--loss lpips, the default), model_ir_se50.pth;
-                     --data = style images
-                     writes OUT/instyle_code.npy, exstyle_code.npy (+ .safetensors); 300 iterations
-  pretrain           stages I-II: DualStyleGAN on real faces (pretrain_dualstylegan.py)
-                     reads stylegan2-ffhq-config-f.pt (g_ema, d), encoder.pt, vgg19-dcbb9e9d.pth;
-                     --data = face photos (FFHQ); writes OUT/generator-pretrain.pt; 3000 iterations
-  finetune           stage III: DualStyleGAN on the style (finetune_dualstylegan.py)
-                     reads generator-pretrain.pt, instyle_code.npy, exstyle_code.npy, vgg19-dcbb9e9d.pth,
-                     model_ir_se50.pth; --data = style images; writes OUT/generator.pt
-                     (+ generator-NNNNNN.pt, generator.safetensors); 1500 iterations
-  refine-exstyle     refine the extrinsic codes (refine_exstyle.py)
-                     reads generator.pt, exstyle_code.npy, instyle_code.npy (optional)
-                     and the style images in --data; needs vgg16-397923af.pth and vgg19-dcbb9e9d.pth
-                     (--loss lpips, the default; --loss vgg needs only VGG19, --loss pixel neither)
-                     writes OUT/refined_exstyle_code.npy (+ .safetensors)
-  sampler            train the random-style sampler (train_sampler.py)
-                     reads refined_exstyle_code.npy, else exstyle_code.npy
-                     writes OUT/sampler.pt (+ sampler.safetensors)
+{stages}
 
 A run checkpoints itself to OUT/train_state/STAGE.pt (atomically); Ctrl-C stops at the next
 step with the state saved, and --resume continues bit for bit. A fresh run over an existing
@@ -46,6 +25,9 @@ import sys
 from pathlib import Path
 
 from ..training import STAGES  # light: the package imports its stages lazily
+from ..training.stages import stages_help  # light too: the heavy modules load when a stage runs
+
+__doc__ = __doc__.format(stages=stages_help())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,10 +3,12 @@
 Stages, in the order they run: ``finetune-stylegan`` (:func:`finetune_stylegan`), ``destylize``
 (:func:`destylize`), ``pretrain`` (:func:`pretrain_dualstylegan`), ``finetune``
 (:func:`finetune_dualstylegan`), ``refine-exstyle`` (:func:`refine_exstyle_codes`) and
-``sampler`` (:func:`train_sampler`); :func:`run_stage` finds a stage's inputs and runs it (a table,
-:data:`~.runner.RUNNERS`). Every stage runs in the one resumable loop of :mod:`.loop`; its
-settings are a typed Config in :mod:`.options`, the only home of the official defaults (the
-CLI's flags and the node's inputs are made from it). Heavy modules are imported lazily.
+``sampler`` (:func:`train_sampler`). Each stage is one object in :mod:`.stages` (the table
+:data:`~.stages.TRAINING_STAGES` that :func:`run_stage` dispatches on): its typed Config (in
+:mod:`.options`, the only home of the official defaults and of the settings a resume must keep;
+the CLI's flags and the node's inputs are made from it), ``inputs(cfg)`` naming the files it
+reads (:mod:`.inputs`), its outputs and its ``run``. Every stage runs in the one resumable loop
+of :mod:`.loop`. Heavy modules are imported lazily.
 """
 from __future__ import annotations
 

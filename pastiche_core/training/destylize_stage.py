@@ -68,7 +68,7 @@ from . import distributed as D
 from .checkpointing import restore_rng
 from .common import (IMAGE_SUFFIXES, derived_seed, load_style_image, pixel_loss, Progress,
                      ShouldStop, StageResult, tensor_fingerprint, to_size)
-from .options import LOSSES, DestylizeConfig
+from .options import LOSSES, DestylizeConfig, resume_keys
 from .loop import Batches, Loop, detached_optimizer_state, dist_session
 from .losses import IRSE50_FILE, VGG16_FILE, VGG19_FILE, IDLoss, VGG19Features, noise_normalize_, noise_regularize, \
     perceptual_distance
@@ -376,9 +376,7 @@ def _destylize(finetuned, original, encoder, data: Path, out: Path, cfg: Destyli
                 "optimizer": detached_optimizer_state(b["opt"])}
 
     batches = Batches(cfg.iters, ctx, {"exstyle": {}, "instyle": {}}, begin, iterate, end, snapshot)
-    keys = ["iters", "batch", "truncation", "lr", "id_weight", "noise_weight", "reg_weight", "size", "loss",
-            "seed", "names", "images", "finetuned", "original", "encoder", "vgg", "lpips", "id_loss"]
-    # a batch in progress is split by rank
+    keys = resume_keys(cfg)  # a batch in progress is split by rank: its processes must match too
     state = loop.load(resume, lambda st: keys + (["world_size"] if st["extra"]["ranks"] is not None else []))
     if state is not None:
         restore_rng(state["rng"])

@@ -44,10 +44,11 @@ from . import distributed as D
 from .checkpointing import atomic_torch_save
 from .loop import dist_session
 from .common import Progress, ShouldStop, StageResult
-from .files import (PRETRAIN, STYLEGAN_FFHQ, discriminator_from_state, find_file, link_or_copy,
-                    read_training_file, save_generator_files, search_folders, stylegan2_size)
+from .files import (PRETRAIN, discriminator_from_state, link_or_copy, read_training_file, save_generator_files,
+                    starting_file, stylegan2_size)
 from .options import FinetuneConfig, GANConfig, PretrainConfig
 from .gan import Epochs, GANStage, ImageSet, config_dict, g_nonsaturating_loss
+from .inputs import FFHQ_FOR_PRETRAIN, PRETRAINED
 from .lmdb_images import open_images
 from .losses import contextual_loss, perceptual_l1, style_loss
 
@@ -108,7 +109,6 @@ class Pretrain(_DualStage):
     monitor = "perc"
     d_weight = 0.1
     extendable = False  # the phases are iters/10, iters/10, iters
-    compat_keys = ("subspace_freq",)
 
     def __init__(self, g, g_ema, d, encoder, vgg, data: ImageSet, out: Path, cfg: GANConfig, ctx):
         super().__init__(g, g_ema, d, out, cfg, ctx, vgg)
@@ -214,7 +214,6 @@ class Finetune(_DualStage):
     name = FINETUNE_STAGE
     snapshot_stem, snapshot_kind = "generator", "dualstylegan"  # generator-NNNNNN.pt, never generator-pretrain.pt
     monitor = "g"
-    compat_keys = ("subspace_freq", "style_loss", "contextual_loss", "perc_loss", "id_loss", "l2_reg_loss", "names")
 
     def __init__(self, g, g_ema, d, vgg, id_loss, instyles: torch.Tensor, exstyles_w: torch.Tensor,
                  images: ImageSet, out: Path, cfg: GANConfig, ctx):
@@ -328,10 +327,8 @@ def pretrain_dualstylegan(checkpoints, data, out, encoder, vgg, cfg: GANConfig |
     with dist_session(cfg.device, dist_ctx) as ctx:
         cfg.check(ctx.world_size)
         out = Path(out)
-        purpose = (f"rosinality's FFHQ StyleGAN2 ({STYLEGAN_FFHQ}): pretrain builds DualStyleGAN's intrinsic path "
-                   f"from its 'g_ema' and the discriminator from its 'd'")
-        path = Path(start) if start else find_file(STYLEGAN_FFHQ, search_folders(out, checkpoints, style), purpose)
-        ckpt = read_training_file(path, purpose, ["g_ema", "d"])
+        path = starting_file(start, FFHQ_FOR_PRETRAIN, out, checkpoints, style)
+        ckpt = read_training_file(path, FFHQ_FOR_PRETRAIN.what, ["g_ema", "d"])
         size = stylegan2_size(ckpt["g_ema"], path)
         if getattr(encoder, "space", "z+") != "z+":
             raise InputError("pretrain needs the z+ pSp encoder (encoder.pt), not the w+ one")
@@ -370,9 +367,8 @@ def finetune_dualstylegan(checkpoints, data, out, vgg, id_loss, instyle: StyleBa
     with dist_session(cfg.device, dist_ctx) as ctx:
         cfg.check(ctx.world_size)
         out = Path(out)
-        purpose = "the pretrained DualStyleGAN (generator-pretrain.pt, written by the pretrain stage)"
-        path = Path(start) if start else find_file(PRETRAIN, search_folders(out, checkpoints, style), purpose)
-        ckpt = read_training_file(path, purpose, ["g", "d", "g_ema"])
+        path = starting_file(start, PRETRAINED, out, checkpoints, style)
+        ckpt = read_training_file(path, PRETRAINED.what, ["g", "d", "g_ema"])
         from ..checkpoints import build_generator
 
         g = build_generator("dualstylegan", ckpt["g"], path)

@@ -21,9 +21,7 @@ from ..atomic import atomic_write
 from ..errors import CheckpointError
 from .checkpointing import atomic_torch_save
 
-STYLEGAN_FFHQ = "stylegan2-ffhq-config-f.pt"
-PRETRAIN = "generator-pretrain.pt"
-ENCODER = "encoder.pt"
+from .inputs import ENCODER, PRETRAIN, STYLEGAN_FFHQ  # noqa: F401 (re-exported: the names' old home)
 
 
 def search_folders(out: str | os.PathLike | None, checkpoints: str | os.PathLike,
@@ -47,6 +45,11 @@ def find_file(name: str, folders: Sequence[Path], purpose: str) -> Path:
             return folder / name
     where = ", ".join(f"'{f}'" for f in folders)
     raise CheckpointError(f"missing {name}: {purpose}. Put it in one of: {where}")
+
+
+def starting_file(start: str | os.PathLike | None, inp, out, checkpoints, style: str | None) -> Path:
+    """``start`` as given, else the :class:`~.inputs.Input` ``inp`` in the search folders."""
+    return Path(start) if start else find_file(inp.name, search_folders(out, checkpoints, style), inp.what)
 
 
 def latest_numbered(prefix: str, folders: Sequence[Path]) -> Path | None:

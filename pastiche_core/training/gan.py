@@ -37,7 +37,7 @@ from . import distributed as D
 from .checkpointing import apply_state
 from .common import IMAGE_SUFFIXES, Progress, ShouldStop, StageResult
 from .loop import Loop
-from .options import GANConfig
+from .options import GANConfig, resume_keys
 
 EMA_DECAY = 0.5 ** (32 / (10 * 1000))
 
@@ -217,7 +217,6 @@ class GANStage:
     """
 
     name = "gan"
-    compat_keys: tuple[str, ...] = ()
 
     def __init__(self, g: nn.Module, g_ema: nn.Module, d: nn.Module, out: Path, cfg: GANConfig,
                  ctx: D.DistContext):
@@ -361,15 +360,12 @@ class GANStage:
                     loop.notes.append(f"the starting checkpoint's {key} does not fit this stage's parameters; "
                                       f"the optimiser starts afresh")
         gens = {"rng": self.rng, "aug": self.aug_rng}
-        keys = ["iters", "batch", "lr", "seed", "r1", "path_regularize", "d_reg_every", "g_reg_every", "mixing",
-                "augment", "augment_p", *self.compat_keys]
-
-        def resume_keys(saved: dict) -> list[str]:
+        def keys_to_match(saved: dict) -> list[str]:
             """A finished run extends with more --iters (its steps do not depend on the total)."""
             longer = saved["finished"] and int(saved["config"].get("iters", 0)) <= cfg.iters
-            return [k for k in keys if not (k == "iters" and self.extendable and longer)]
+            return [k for k in resume_keys(cfg) if not (k == "iters" and self.extendable and longer)]
 
-        state = loop.load(resume, resume_keys)
+        state = loop.load(resume, keys_to_match)
         step = 0
         if state is not None:
             apply_state(state, models={"g": self.g, "d": self.d}, ema={"g_ema": self.g_ema},

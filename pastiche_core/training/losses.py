@@ -43,13 +43,11 @@ from torch import nn
 
 from ..checkpoints import safe_torch_load
 from ..errors import CheckpointError
+from .inputs import IRSE50_FILE, VGG16_FILE, VGG19_FILE
 
 # --------------------------------------------------------------------------------------------
 # Finding the pretrained files
 # --------------------------------------------------------------------------------------------
-VGG19_FILE = "vgg19-dcbb9e9d.pth"
-VGG16_FILE = "vgg16-397923af.pth"  # LPIPS's backbone (see .lpips)
-IRSE50_FILE = "model_ir_se50.pth"
 
 NETWORKS = {
     "vgg19": {

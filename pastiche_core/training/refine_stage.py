@@ -44,7 +44,7 @@ from . import distributed as D
 from .checkpointing import restore_rng
 from .common import (derived_seed, find_style_images, load_style_image, pixel_loss, Progress,
                      ShouldStop, StageResult, tensor_fingerprint, to_size)
-from .options import LOSSES, LR_PRESETS, RefineConfig, lr_preset  # noqa: F401 (re-exported)
+from .options import LOSSES, LR_PRESETS, RefineConfig, lr_preset, resume_keys  # noqa: F401 (re-exported)
 from .loop import Batches, Loop, detached_optimizer_state, dist_session
 from .losses import VGG16_FILE, VGG19Features, contextual_loss, noise_normalize_, noise_regularize, perceptual_distance
 
@@ -247,9 +247,7 @@ def _refine(generator, exstyle: StyleBank, instyle: StyleBank | None, data: Path
                 "optimizer": detached_optimizer_state(b["opt"])}
 
     batches = Batches(cfg.iters, ctx, {}, begin, iterate, end, snapshot)
-    keys = ["iters", "batch", "lr_color", "lr_structure", "lr_noise", "noise_weight", "cx_weight", "perc_weight",
-            "cx_band_width", "size", "loss", "seed", "bank", "names", "instyle", "generator", "lpips"]
-    # a batch in progress is split by rank
+    keys = resume_keys(cfg)  # a batch in progress is split by rank: its processes must match too
     state = loop.load(resume, lambda st: keys + (["world_size"] if int(st["extra"]["iter"]) > 0 else []))
     if state is not None:
         restore_rng(state["rng"])

@@ -41,7 +41,7 @@ from . import distributed as D
 from .checkpointing import apply_state
 from .common import Progress, ShouldStop, StageResult, derived_seed, tensor_fingerprint
 from .loop import Loop, dist_session
-from .options import SamplerConfig
+from .options import SamplerConfig, resume_keys
 
 STAGE = "sampler"
 SAMPLER_PT = "sampler.pt"
@@ -149,8 +149,7 @@ def _train(bank, out: Path, cfg: SamplerConfig, ctx: D.DistContext, resume: bool
     part_i, epoch, batch_i = 0, 0, 0
     epoch_data = None
     opt_state = None
-    state = loop.load(resume, ["seed", "batch", "repeat_to", "jitter", "lr", "lr_decay_epochs", "lr_decay", "betas",
-                               "weight_decay", "noise_dim", "bank", "n_latent", "steps_per_net", "dtype"])
+    state = loop.load(resume, resume_keys(cfg))
     if state is not None:
         apply_state(state, models={"sampler": model}, generators={"icp": g_icp})
         ex = state["extra"]

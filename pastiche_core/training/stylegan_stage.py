@@ -22,14 +22,13 @@ from ..errors import InputError
 from . import distributed as D
 from .loop import dist_session
 from .common import Progress, ShouldStop, StageResult
-from .files import (STYLEGAN_FFHQ, discriminator_from_state, find_file, read_training_file, save_generator_files,
-                    search_folders, stylegan2_from_state, stylegan2_size)
+from .files import (discriminator_from_state, read_training_file, save_generator_files, starting_file,
+                    stylegan2_from_state, stylegan2_size)
 from .gan import Epochs, GANConfig, GANStage, ImageSet, config_dict, g_nonsaturating_loss
+from .inputs import FFHQ_FOR_FINETUNE
 from .lmdb_images import open_images
 
 STAGE = "finetune-stylegan"
-PURPOSE = (f"rosinality's FFHQ StyleGAN2 ({STYLEGAN_FFHQ}, with its 'g', 'd' and 'g_ema'), the starting point of "
-           f"finetune-stylegan")
 
 
 class FinetuneStyleGAN(GANStage):
@@ -89,8 +88,8 @@ def finetune_stylegan(checkpoints, data, out, cfg: GANConfig | None = None, *, s
     with dist_session(cfg.device, dist_ctx) as ctx:
         cfg.check(ctx.world_size)
         out = Path(out)
-        path = Path(start) if start else find_file(STYLEGAN_FFHQ, search_folders(out, checkpoints, style), PURPOSE)
-        ckpt = read_training_file(path, PURPOSE, ["g", "d", "g_ema"])
+        path = starting_file(start, FFHQ_FOR_FINETUNE, out, checkpoints, style)
+        ckpt = read_training_file(path, FFHQ_FOR_FINETUNE.what, ["g", "d", "g_ema"])
         size = stylegan2_size(ckpt["g_ema"], path)
         images = open_images(data, size)  # a folder of images or an official lmdb
         if len(images) < cfg.batch:
