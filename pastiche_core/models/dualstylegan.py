@@ -132,10 +132,10 @@ class DualStyleGAN(nn.Module):
         return range(self.res_index + 1, self.n_latent)
 
     def use_fast_path(self, enabled: bool = True, channels_last: bool | None = None,
-                      upsample: str | None = None) -> "DualStyleGAN":
+                      upsample: str | None = None, winograd: bool | None = None) -> "DualStyleGAN":
         """See :meth:`Generator.use_fast_path`."""
         set_fast_path(self, enabled)
-        self.generator.use_fast_path(enabled, channels_last, upsample)
+        self.generator.use_fast_path(enabled, channels_last, upsample, winograd)
         return self
 
     # -- codes -------------------------------------------------------------------------------
