@@ -110,7 +110,10 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
         padded[1:h + 1, 1:w + 1].copy_(x[0].permute(1, 2, 0) * in_scale.to(x.dtype))  # out= has no autograd
     else:
         torch.mul(x[0].permute(1, 2, 0), in_scale.to(x.dtype), out=padded[1:h + 1, 1:w + 1])
-    out = x.new_empty(th * TILE, tw * TILE, out_ch)
+    # NHWC with a batch dimension, so that the NCHW view has the standard channels_last strides
+    # (libraries pick their kernels by the strides, of size-1 dimensions too).
+    out_nhwc = x.new_empty(1, th * TILE, tw * TILE, out_ch)
+    out = out_nhwc[0]
 
     mst = MIN_STRIP_TILES if min_strip_tiles is None else min_strip_tiles
     rows = max(-(-mst // tw), 1)
@@ -134,9 +137,11 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
             strip.mul_(out_scale)
         if bias is not None:
             strip.add_(bias)
-    out = out[:h, :w].permute(2, 0, 1).unsqueeze(0)
+    out = out_nhwc.permute(0, 3, 1, 2)
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if out.shape[2:] != (h, w):  # a fresh tensor, not a crop with the tiles' strides
+        return out[:, :, :h, :w].clone(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return out if channels_last else out.contiguous()
 
 
 def conv3x3_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
