@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pastiche_core.models import winograd
+from pastiche_core.models import DualStyleGAN, winograd
+from pastiche_core.models.ops import EqualConv2d
 from pastiche_core.models.stylegan2 import Generator, ModulatedConv2d, StyledConv
 from pastiche_core.models.winograd import conv3x3_winograd, transform_weight
 
@@ -177,3 +178,36 @@ def test_generator_switch():
     assert not any(m.winograd for m in convs)
     gen.use_fast_path(True, winograd=True)
     assert all(m.winograd for m in convs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_equal_conv_winograd_matches_direct(dtype, batch):
+    """The ModRes blocks' plain 3x3 convolutions (weight scaled at run time, no bias there; with
+    a bias here too)."""
+    torch.manual_seed(6)
+    conv = EqualConv2d(256, 24, 3, padding=1).to(dtype)
+    with torch.no_grad():
+        conv.bias.normal_()
+    x = torch.randn(batch, 256, 16, 17, dtype=torch.float64).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        conv.winograd = True
+        assert conv.use_winograd(x)
+        got = conv(x)
+        conv.fast = False
+        assert not conv.use_winograd(x)
+        want = conv(x)
+    torch.testing.assert_close(got.double(), want.double(), atol=TOL[dtype], rtol=0)
+    assert got.stride() == want.stride()
+
+
+def test_dualstylegan_switch_reaches_modres_convs():
+    model = DualStyleGAN(64, style_dim=64, n_mlp=7, channel_multiplier=1)
+    res_convs = [m for m in model.res.modules() if isinstance(m, EqualConv2d)]
+    mod_convs = [m for m in model.modules() if isinstance(m, ModulatedConv2d)]
+    assert res_convs and all(m.winograd for m in res_convs + mod_convs)
+    assert not any(m.winograd for m in model.modules() if isinstance(m, EqualConv2d) and m not in res_convs)
+    model.use_fast_path(True, winograd=False)
+    assert not any(m.winograd for m in res_convs + mod_convs)
+    model.use_fast_path(True, winograd=True)
+    assert all(m.winograd for m in res_convs + mod_convs)

@@ -62,6 +62,7 @@ class AdaResBlock(nn.Module):
         super().__init__()
         self.conv = ConvLayer(channels, channels)
         self.conv2 = ConvLayer(channels, channels)
+        self.conv[0].winograd = self.conv2[0].winograd = True
         self.norm = AdaptiveInstanceNorm(channels, style_dim)
         self.norm2 = AdaptiveInstanceNorm(channels, style_dim)
         with torch.no_grad():  # residual ~0 at initialisation
@@ -136,6 +137,10 @@ class DualStyleGAN(nn.Module):
         """See :meth:`Generator.use_fast_path`."""
         set_fast_path(self, enabled)
         self.generator.use_fast_path(enabled, channels_last, upsample, winograd)
+        if winograd is not None:
+            for block in self.res:
+                if isinstance(block, AdaResBlock):
+                    block.conv[0].winograd = block.conv2[0].winograd = bool(winograd)
         return self
 
     # -- codes -------------------------------------------------------------------------------

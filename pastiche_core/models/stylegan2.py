@@ -24,7 +24,7 @@ from torch import nn
 
 from .ops import LRELU_SLOPE, SQRT2, Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, blur_fast, \
     set_fast_path, upconv_phase, upconv_phase_kernels
-from .winograd import conv3x3_winograd, transform_weight
+from .winograd import cached_transform, conv3x3_winograd
 
 # Fast-path implementations of the up-sampling modulated convolution (transposed conv + blur):
 # "transposed": the library's stride-2 transposed convolution then the blur;
@@ -83,7 +83,6 @@ class ModulatedConv2d(nn.Module):
         self.fast = True
         self.upsample_impl = DEFAULT_UPSAMPLE_IMPL
         self.winograd = True
-        self._winograd_cache: tuple | None = None
 
     def modulated_weight(self, style: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         """``[B, D]`` styles -> per-sample weights ``[B, out, in, k, k]`` (demodulated, times gain)."""
@@ -134,22 +133,11 @@ class ModulatedConv2d(nn.Module):
                 and min(x.shape[-2:]) >= self.WINOGRAD_MIN_SIDE
                 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64))
 
-    def winograd_weight(self) -> torch.Tensor:
-        """The transformed shared weight ``[36, in, out]``; cached while the weight is unchanged
-        and no gradient is wanted (inference), recomputed otherwise."""
-        w = self.weight[0]
-        if torch.is_grad_enabled() and self.weight.requires_grad:
-            return transform_weight(w)
-        key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype, self.weight.device)
-        if self._winograd_cache is None or self._winograd_cache[0] != key:
-            self._winograd_cache = (key, transform_weight(w.detach()))
-        return self._winograd_cache[1]
-
     def conv_winograd(self, x: torch.Tensor, style: torch.Tensor, gain: float = 1.0,
                       bias: torch.Tensor | None = None) -> torch.Tensor:
         """The per-sample modulated convolution (dense 3x3) by Winograd, sample by sample."""
         s, scale = self.activation_scales(style, gain)
-        u = self.winograd_weight()
+        u = cached_transform(self, self.weight[0])
         outs = [conv3x3_winograd(x[b: b + 1], None, bias, transformed=u, in_scale=s[b], out_scale=scale[b])
                 for b in range(x.shape[0])]
         return outs[0] if len(outs) == 1 else torch.cat(outs, 0)

@@ -67,6 +67,20 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     return (g @ w).view(SPAN * SPAN, in_ch, out_ch)
 
 
+def cached_transform(owner, weight: torch.Tensor) -> torch.Tensor:
+    """``transform_weight(weight)`` kept on ``owner`` (a module) while the weight is unchanged
+    (same storage, version, dtype, device) and no gradient is wanted; recomputed otherwise, so
+    training differentiates through it. The transformed weight is 4x the weight's size."""
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return transform_weight(weight)
+    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(weight.shape))
+    cache = getattr(owner, "_winograd_cache", None)
+    if cache is None or cache[0] != key:
+        cache = (key, transform_weight(weight.detach()))
+        owner._winograd_cache = cache
+    return cache[1]
+
+
 # Large maps run in strips of whole tile rows holding at least this many tiles: the strip's
 # transformed input and products stay in cache between the transforms and the batched matmul,
 # while each matmul is still tall enough to read the [36, in, out] weights efficiently.
