@@ -1,6 +1,9 @@
 """Winograd F(4x4, 3x3) vs the direct convolution (oneDNN, channels_last) on the generator's
-dense 3x3 layer shapes: batch 1, median time per call (weight transform included), and max
-|error| of each against a float64 convolution.
+dense 3x3 layer shapes: batch 1, median time per call, and max |error| of each against a
+float64 convolution. Direct: ``F.conv2d`` of the per-sample modulated weight (what the fast path
+runs without Winograd). Winograd two ways: ``per-call`` transforms that weight on every call;
+``cached`` is what the fast path runs, the shared weight's transform cached and the modulation /
+demodulation applied to the activations (``conv(x * s, W) * d + b``).
 
     python benchmarks/bench_winograd.py [--threads 2] [--repeat 7]
 """
@@ -16,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pastiche_core.models.winograd import conv3x3_winograd  # noqa: E402
+from pastiche_core.models.winograd import conv3x3_winograd, transform_weight  # noqa: E402
 
 SHAPES = [(512, 16), (512, 32), (512, 64), (256, 128), (128, 256), (64, 512), (32, 1024)]
 
@@ -39,22 +42,31 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     shapes = SHAPES if not a.shapes else [tuple(int(v) for v in s.split("@")) for s in a.shapes]
-    print(f"{'layer':>10} {'direct ms':>10} {'winograd ms':>12} {'speedup':>8} {'err direct':>11} {'err wino':>10}")
+    print(f"{'layer':>9} {'direct ms':>10} {'per-call ms':>12} {'cached ms':>10} {'speedup':>8} "
+          f"{'err direct':>11} {'err cached':>11}")
     for ch, px in shapes:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(1, ch, px, px, generator=g).contiguous(memory_format=torch.channels_last)
         w = torch.randn(ch, ch, 3, 3, generator=g) / (ch * 9) ** 0.5
+        s_in, s_out = torch.rand(ch, generator=g) + 0.5, torch.rand(ch, generator=g) + 0.5
         b = torch.randn(ch, generator=g)
+        u = transform_weight(w)
         with torch.no_grad():
-            exact = F.conv2d(x.double(), w.double(), b.double(), padding=1)
-            direct = F.conv2d(x, w, b, padding=1)
-            wino = conv3x3_winograd(x, w, b)
-            t_d = median_ms(lambda: F.conv2d(x, w, b, padding=1), a.repeat)
-            t_w = median_ms(lambda: conv3x3_winograd(x, w, b), a.repeat)
-        e_d = (direct.double() - exact).abs().max().item()
-        e_w = (wino.double() - exact).abs().max().item()
-        print(f"{ch:>5}@{px:<4} {t_d:10.1f} {t_w:12.1f} {t_d / t_w:8.2f} {e_d:11.2e} {e_w:10.2e}", flush=True)
+            exact = F.conv2d(x.double() * s_in.double()[:, None, None], w.double(), padding=1) \
+                * s_out.double()[:, None, None] + b.double()[:, None, None]
 
+            def direct():  # the per-sample modulated weight, as the fast path builds it
+                return F.conv2d(x, w * s_in[None, :, None, None] * s_out[:, None, None, None], b, padding=1)
+
+            def per_call():
+                return conv3x3_winograd(x, w * s_in[None, :, None, None] * s_out[:, None, None, None], b)
+
+            def cached():
+                return conv3x3_winograd(x, None, b, transformed=u, in_scale=s_in, out_scale=s_out)
+
+            t_d, t_p, t_c = (median_ms(f, a.repeat) for f in (direct, per_call, cached))
+            e_d, e_c = ((f().double() - exact).abs().max().item() for f in (direct, cached))
+        print(f"{ch:>4}@{px:<4} {t_d:10.1f} {t_p:12.1f} {t_c:10.1f} {t_d / t_c:8.2f} {e_d:11.2e} {e_c:11.2e}", flush=True)
 
 if __name__ == "__main__":
     main()
