@@ -211,3 +211,19 @@ def test_dualstylegan_switch_reaches_modres_convs():
     assert not any(m.winograd for m in res_convs + mod_convs)
     model.use_fast_path(True, winograd=True)
     assert all(m.winograd for m in res_convs + mod_convs)
+
+
+def test_cached_transform_dropped_when_the_module_moves():
+    conv, _ = modulated_layers(torch.float32)
+    x = torch.randn(1, 256, 16, 16)
+    style = torch.randn(1, 64)
+    with torch.no_grad():
+        conv(x, style)
+        assert conv._winograd_cache is not None
+        conv.double()
+        assert conv._winograd_cache is None
+        got = conv(x.double(), style.double())
+        assert conv._winograd_cache[1].dtype == torch.float64
+        conv.winograd = False
+        want = conv(x.double(), style.double())
+    torch.testing.assert_close(got, want, atol=TOL[torch.float64], rtol=0)

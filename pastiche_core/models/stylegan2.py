@@ -24,7 +24,7 @@ from torch import nn
 
 from .ops import LRELU_SLOPE, SQRT2, Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, blur_fast, \
     set_fast_path, upconv_phase, upconv_phase_kernels
-from .winograd import cached_transform, conv3x3_winograd
+from .winograd import TransformCache, conv3x3_winograd
 
 # Fast-path implementations of the up-sampling modulated convolution (transposed conv + blur):
 # "transposed": the library's stride-2 transposed convolution then the blur;
@@ -59,7 +59,7 @@ def map_rows(mapping: nn.Module, codes: torch.Tensor) -> torch.Tensor:
     return mapping(codes.reshape(-1, codes.shape[-1])).reshape(codes.shape)
 
 
-class ModulatedConv2d(nn.Module):
+class ModulatedConv2d(TransformCache):
     """Style-modulated convolution. Keys: ``weight [1, out, in, k, k]``, ``modulation.*``,
     ``blur.kernel`` (up-sampling only).
 
@@ -137,7 +137,7 @@ class ModulatedConv2d(nn.Module):
                       bias: torch.Tensor | None = None) -> torch.Tensor:
         """The per-sample modulated convolution (dense 3x3) by Winograd, sample by sample."""
         s, scale = self.activation_scales(style, gain)
-        u = cached_transform(self, self.weight[0])
+        u = self.cached_transform(self.weight[0])
         outs = [conv3x3_winograd(x[b: b + 1], None, bias, transformed=u, in_scale=s[b], out_scale=scale[b])
                 for b in range(x.shape[0])]
         return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
