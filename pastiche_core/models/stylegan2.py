@@ -118,8 +118,9 @@ class ModulatedConv2d(TransformCache):
     # Winograd F(4x4, 3x3) (models/winograd.py) replaces the direct convolution of the dense
     # 3x3 layers with at least this many input channels and this output side, on CPU, in
     # float32/float64. Measured at batch 1 on 2 threads of an AVX-512 CPU against oneDNN's
-    # direct convolution (channels last): 512 ch at 16/32/64 px 4.3/10/36 ms vs 7.1/23/89,
-    # 256 ch at 128 px 51 vs 85. With fewer channels its transforms (memory-bound, 2.25x the
+    # direct convolution (channels last): 512 ch at 16/32/64 px 4.3/10/36-45 ms vs 7.1/23/89,
+    # 256 ch at 128 px 51-60 vs 85 (inside the whole model, its input no longer in cache, 85 vs
+    # 88 on 2 threads, 130-150 vs 185-250 on one). With fewer channels its transforms (memory-bound, 2.25x the
     # input) cost more than the GEMM saves: 128 ch at 256 px 70-100 vs 90-100 (a tie), 64 ch at
     # 512 px 180 vs 110. On the smallest maps the transformed weight (4x the weight) is read
     # for too few tiles: 512 ch at 4/8 px 3.5/6.4 ms vs 2.1/4.6 (one thread).
