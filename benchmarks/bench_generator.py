@@ -13,8 +13,9 @@ Every fast-path row also reports its difference from the reference path (max |di
 of the [-1, 1] image), so speed and exactness are read in the same table.
 
 Paths: ``official`` (with --official), ``reference`` (our literal ops), ``fast`` (the default
-fast path) and ``fast-<impl>`` for each up-sampling convolution of the fast path
-(``fast-transposed``, ``fast-phase``: see ``stylegan2.UPSAMPLE_IMPLS``). Every path runs with
+fast path), ``fast-<impl>`` for each up-sampling convolution of the fast path
+(``fast-transposed``, ``fast-phase``: see ``stylegan2.UPSAMPLE_IMPLS``) and ``fast-direct`` (the
+default fast path without its Winograd convolutions: see ``ModulatedConv2d.use_winograd``). Every path runs with
 the same thread count (``--threads``, default 2). At 1024 px batches above 4 run the fast paths
 only (the official and reference paths would hold about 10 GB).
 """
@@ -38,7 +39,8 @@ def fast_paths() -> tuple[list[str], list[str]]:
     from pastiche_core.models.stylegan2 import DEFAULT_UPSAMPLE_IMPL, UPSAMPLE_IMPLS
 
     variants = [f"fast-{impl}" for impl in UPSAMPLE_IMPLS]
-    return ["fast"] + variants, ["fast"] + [v for v in variants if v != f"fast-{DEFAULT_UPSAMPLE_IMPL}"]
+    timed = ["fast"] + [v for v in variants if v != f"fast-{DEFAULT_UPSAMPLE_IMPL}"] + ["fast-direct"]
+    return ["fast"] + variants + ["fast-direct"], timed
 
 
 def official_model(official_dir: str, ours):
@@ -88,7 +90,7 @@ def run_one(size: int, batch: int, dtype_name: str, path: str, device: str, repe
     import torch
 
     from pastiche_core.models import DEFAULT_INTERP_WEIGHTS
-    from pastiche_core.models.stylegan2 import DEFAULT_UPSAMPLE_IMPL
+    from pastiche_core.models.stylegan2 import DEFAULT_UPSAMPLE_IMPL, UPSAMPLE_IMPLS
     from pastiche_core.reference import fixture_model
 
     if threads:
@@ -116,8 +118,10 @@ def run_one(size: int, batch: int, dtype_name: str, path: str, device: str, repe
         reference_image = torch.from_numpy(np.load(reference_file))
     if path != "official":
         fast = path.startswith("fast")
+        variant = path.split("-", 1)[1] if path.startswith("fast-") else None
         model.use_fast_path(fast, channels_last=fast and device == "cpu",
-                            upsample=path.split("-", 1)[1] if path.startswith("fast-") else DEFAULT_UPSAMPLE_IMPL)
+                            upsample=variant if variant in UPSAMPLE_IMPLS else DEFAULT_UPSAMPLE_IMPL,
+                            winograd=variant != "direct")
     model = model.to(device=device, dtype=dtype)
     ins, ex = instyle.to(device, dtype), exstyle_z.to(device, dtype)
     call = torch.compile(model) if compile_model else model

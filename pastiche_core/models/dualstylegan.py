@@ -62,6 +62,7 @@ class AdaResBlock(nn.Module):
         super().__init__()
         self.conv = ConvLayer(channels, channels)
         self.conv2 = ConvLayer(channels, channels)
+        self.conv[0].winograd = self.conv2[0].winograd = True
         self.norm = AdaptiveInstanceNorm(channels, style_dim)
         self.norm2 = AdaptiveInstanceNorm(channels, style_dim)
         with torch.no_grad():  # residual ~0 at initialisation
@@ -132,10 +133,14 @@ class DualStyleGAN(nn.Module):
         return range(self.res_index + 1, self.n_latent)
 
     def use_fast_path(self, enabled: bool = True, channels_last: bool | None = None,
-                      upsample: str | None = None) -> "DualStyleGAN":
+                      upsample: str | None = None, winograd: bool | None = None) -> "DualStyleGAN":
         """See :meth:`Generator.use_fast_path`."""
         set_fast_path(self, enabled)
-        self.generator.use_fast_path(enabled, channels_last, upsample)
+        self.generator.use_fast_path(enabled, channels_last, upsample, winograd)
+        if winograd is not None:
+            for block in self.res:
+                if isinstance(block, AdaResBlock):
+                    block.conv[0].winograd = block.conv2[0].winograd = bool(winograd)
         return self
 
     # -- codes -------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .winograd import TransformCache, conv3x3_winograd
+
 SQRT2 = math.sqrt(2.0)
 LRELU_SLOPE = 0.2
 
@@ -81,7 +83,7 @@ class EqualLinear(nn.Module):
         return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}, activation={self.activation}"
 
 
-class EqualConv2d(nn.Module):
+class EqualConv2d(TransformCache):
     """Conv2d with run-time weight scaling ``1 / sqrt(in * k * k)``. Keys: ``weight``, ``bias``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -92,8 +94,26 @@ class EqualConv2d(nn.Module):
         self.scale = 1.0 / math.sqrt(in_channels * kernel_size ** 2)
         self.stride = stride
         self.padding = padding
+        self.fast = True
+        # Opt-in per layer (DualStyleGAN's ModRes blocks): Winograd on the shapes where it wins
+        # on a CPU, with the thresholds of the modulated convolutions (stylegan2.ModulatedConv2d).
+        self.winograd = False
+
+    def use_winograd(self, x: torch.Tensor) -> bool:
+        from .stylegan2 import ModulatedConv2d
+
+        return (self.fast and self.winograd and self.stride == 1 and self.padding == 1
+                and self.weight.shape[2:] == (3, 3) and self.weight.shape[1] >= ModulatedConv2d.WINOGRAD_MIN_CHANNELS
+                and min(x.shape[-2:]) >= ModulatedConv2d.WINOGRAD_MIN_SIDE
+                and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_winograd(x):
+            u = self.cached_transform(self.weight)
+            scale = torch.full((u.shape[2],), self.scale, dtype=x.dtype, device=x.device)
+            outs = [conv3x3_winograd(x[b: b + 1], None, self.bias, transformed=u, out_scale=scale)
+                    for b in range(x.shape[0])]
+            return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
         return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
 
 

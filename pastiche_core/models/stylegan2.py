@@ -24,6 +24,7 @@ from torch import nn
 
 from .ops import LRELU_SLOPE, SQRT2, Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, blur_fast, \
     set_fast_path, upconv_phase, upconv_phase_kernels
+from .winograd import TransformCache, conv3x3_winograd
 
 # Fast-path implementations of the up-sampling modulated convolution (transposed conv + blur):
 # "transposed": the library's stride-2 transposed convolution then the blur;
@@ -58,7 +59,7 @@ def map_rows(mapping: nn.Module, codes: torch.Tensor) -> torch.Tensor:
     return mapping(codes.reshape(-1, codes.shape[-1])).reshape(codes.shape)
 
 
-class ModulatedConv2d(nn.Module):
+class ModulatedConv2d(TransformCache):
     """Style-modulated convolution. Keys: ``weight [1, out, in, k, k]``, ``modulation.*``,
     ``blur.kernel`` (up-sampling only).
 
@@ -81,6 +82,7 @@ class ModulatedConv2d(nn.Module):
         self.modulation = EqualLinear(style_dim, in_channels, bias_init=1.0)
         self.fast = True
         self.upsample_impl = DEFAULT_UPSAMPLE_IMPL
+        self.winograd = True
 
     def modulated_weight(self, style: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         """``[B, D]`` styles -> per-sample weights ``[B, out, in, k, k]`` (demodulated, times gain)."""
@@ -101,11 +103,51 @@ class ModulatedConv2d(nn.Module):
         side = x.shape[-1] * (2 if self.upsample else 1)
         return x.shape[0] > 1 and side * side <= self.BATCHED_MAX_PIXELS
 
+    def activation_scales(self, style: torch.Tensor, gain: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The modulated weight regrouped as ``W_b = diag(out_b) W diag(in_b)``: (``in [B, in]``,
+        ``out [B, out]``), so the shared weight ``W`` is applied to ``x * in_b`` and the result
+        scaled by ``out_b`` (demodulation times ``gain``)."""
+        s = self.modulation(style) * self.scale                      # [B, in]
+        w = self.weight[0]
+        if self.demodulate:
+            scale = torch.rsqrt((s * s) @ w.pow(2).sum([2, 3]).t() + 1e-8) * gain   # [B, out]
+        else:
+            scale = torch.full_like(s[:, :1], gain).expand(-1, self.out_channels)
+        return s, scale
+
+    # Winograd F(4x4, 3x3) (models/winograd.py) replaces the direct convolution of the dense
+    # 3x3 layers with at least this many input channels and this output side, on CPU, in
+    # float32/float64. Measured at batch 1 on 2 threads of an AVX-512 CPU against oneDNN's
+    # direct convolution (channels last): 512 ch at 16/32/64 px 4.3/10/36-45 ms vs 7.1/23/89,
+    # 256 ch at 128 px 51-60 vs 85 (inside the whole model, its input no longer in cache, 85 vs
+    # 88 on 2 threads, 130-150 vs 185-250 on one). With fewer channels its transforms (memory-bound, 2.25x the
+    # input) cost more than the GEMM saves: 128 ch at 256 px 70-100 vs 90-100 (a tie), 64 ch at
+    # 512 px 180 vs 110. On the smallest maps the transformed weight (4x the weight) is read
+    # for too few tiles: 512 ch at 4/8 px 3.5/6.4 ms vs 2.1/4.6 (one thread).
+    WINOGRAD_MIN_CHANNELS = 256
+    WINOGRAD_MIN_SIDE = 16
+
+    def use_winograd(self, x: torch.Tensor) -> bool:
+        """Whether this call's convolution runs by Winograd (see the measurements above)."""
+        return (self.winograd and not self.upsample and self.kernel_size == 3
+                and self.in_channels >= self.WINOGRAD_MIN_CHANNELS
+                and min(x.shape[-2:]) >= self.WINOGRAD_MIN_SIDE
+                and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64))
+
+    def conv_winograd(self, x: torch.Tensor, style: torch.Tensor, gain: float = 1.0,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The per-sample modulated convolution (dense 3x3) by Winograd, sample by sample."""
+        s, scale = self.activation_scales(style, gain)
+        u = self.cached_transform(self.weight[0])
+        outs = [conv3x3_winograd(x[b: b + 1], None, bias, transformed=u, in_scale=s[b], out_scale=scale[b])
+                for b in range(x.shape[0])]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+
     def conv_batched(self, x: torch.Tensor, style: torch.Tensor, gain: float = 1.0,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
         """Fast path for batches: ``conv(x * s, W) * demod`` with the weight shared by the batch
         (the same function as per-sample modulated weights, regrouped)."""
-        s = self.modulation(style) * self.scale                      # [B, in]
+        s, scale = self.activation_scales(style, gain)
         w = self.weight[0]                                            # [out, in, k, k]
         x = x * s[:, :, None, None].to(x.dtype)
         if self.upsample and self.upsample_impl == "phase":
@@ -114,10 +156,6 @@ class ModulatedConv2d(nn.Module):
             out = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
         else:
             out = F.conv2d(x, w, padding=self.padding)
-        if self.demodulate:
-            scale = torch.rsqrt((s * s) @ w.pow(2).sum([2, 3]).t() + 1e-8) * gain   # [B, out]
-        else:
-            scale = torch.full_like(s[:, :1], gain).expand(-1, self.out_channels)
         if out is None:
             return upconv_phase(x, upconv_phase_kernels(w), self.blur.kernel, bias, out_scale=scale)
         if self.upsample:  # the blur is linear and per channel: scale before it, bias inside it
@@ -159,6 +197,8 @@ class ModulatedConv2d(nn.Module):
             return self.forward_reference(x, style)
         if self.use_batched(x):
             return self.conv_batched(x, style)
+        if self.use_winograd(x):
+            return self.conv_winograd(x, style)
         return self.conv_per_sample(x, self.modulated_weight(style))
 
 
@@ -203,6 +243,8 @@ class StyledConv(nn.Module):
         # the noise strength, so the activation is a single in-place pass.
         if self.conv.use_batched(x):
             out = self.conv.conv_batched(x, style, SQRT2, self.activate.bias * SQRT2)
+        elif self.conv.use_winograd(x):
+            out = self.conv.conv_winograd(x, style, SQRT2, self.activate.bias * SQRT2)
         else:
             weight = self.conv.modulated_weight(style, gain=SQRT2)
             out = self.conv.conv_per_sample(x, weight, self.activate.bias * SQRT2)
@@ -274,10 +316,12 @@ class Generator(nn.Module):
                 "channel_multiplier": self.channel_multiplier}
 
     def use_fast_path(self, enabled: bool = True, channels_last: bool | None = None,
-                      upsample: str | None = None) -> "Generator":
+                      upsample: str | None = None, winograd: bool | None = None) -> "Generator":
         """Fast ops (default) or the literal reference ops everywhere in this model;
         ``channels_last`` runs the feature maps in NHWC (faster with oneDNN/cuDNN); ``upsample``
-        picks the fast up-sampling convolution (one of :data:`UPSAMPLE_IMPLS`)."""
+        picks the fast up-sampling convolution (one of :data:`UPSAMPLE_IMPLS`); ``winograd``
+        lets the fast path use Winograd convolutions on the layers where they win on a CPU
+        (:meth:`ModulatedConv2d.use_winograd`)."""
         set_fast_path(self, enabled)
         if channels_last is not None:
             self.channels_last = channels_last
@@ -287,6 +331,10 @@ class Generator(nn.Module):
             for m in self.modules():
                 if isinstance(m, ModulatedConv2d):
                     m.upsample_impl = upsample
+        if winograd is not None:
+            for m in self.modules():
+                if isinstance(m, ModulatedConv2d):
+                    m.winograd = bool(winograd)
         return self
 
     # oneDNN's NHWC kernels win on large feature maps, NCHW on the small 512-channel ones
