@@ -79,6 +79,56 @@ def test_modulated_conv_fast_equals_reference(device, dtype, batch, upsample, k,
     assert (got - expected).abs().max().item() <= TOL[dtype] * max(scale, 1) * 4
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("demod,gain", [(True, 1.0), (True, 2 ** 0.5), (False, 1.0), (False, 2 ** 0.5)])
+def test_modulated_weight_fast_equals_the_literal_form(dtype, batch, demod, gain):
+    torch.manual_seed(0)
+    conv = ModulatedConv2d(24, 16, 3, 32, demodulate=demod).double()
+    style = torch.randn(batch, 32, dtype=torch.float64)
+    expected = conv.modulated_weight(style, gain)
+    with torch.inference_mode():
+        got = conv.to(dtype).modulated_weight_fast(style.to(dtype), gain).double()
+    assert got.shape == expected.shape == (batch, 16, 24, 3, 3)
+    assert (got - expected).abs().max().item() <= TOL[dtype] * max(expected.abs().max().item(), 1) * 4
+
+
+def test_square_sums_follow_the_weight_and_carry_its_gradient():
+    """The cached sum of squares is rebuilt when the weight changes, and is never used where the
+    weight needs a gradient (training through the fast path gets the literal gradient)."""
+    torch.manual_seed(0)
+    conv = ModulatedConv2d(8, 4, 3, 16).double()
+    style = torch.randn(2, 16, dtype=torch.float64)
+    with torch.no_grad():
+        before = conv.modulated_weight_fast(style).clone()
+        conv.weight.mul_(1.5)  # an in-place update (an optimiser step, load_state_dict)
+        after = conv.modulated_weight_fast(style)
+        assert torch.allclose(after, conv.modulated_weight(style), atol=1e-12)
+        assert not torch.allclose(after, before)
+    with torch.inference_mode():
+        assert torch.allclose(conv.modulated_weight_fast(style), conv.modulated_weight(style), atol=1e-12)
+    fast = torch.autograd.grad(conv.modulated_weight_fast(style).square().sum(), conv.weight)[0]
+    literal = torch.autograd.grad(conv.modulated_weight(style).square().sum(), conv.weight)[0]
+    assert torch.allclose(fast, literal, atol=1e-12) and fast.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("upsample", [False, True])
+def test_one_sample_takes_the_shared_weight_form_only_on_coarse_layers(dtype, upsample):
+    """Batch 1: a 64-channel 4 px layer scales its maps (cheaper than a modulated weight), a
+    4-channel 16 px one builds the weight; both equal the official computation."""
+    torch.manual_seed(0)
+    for channels, side, shared in [(64, 4, True), (4, 16, False)]:
+        conv = ModulatedConv2d(channels, channels, 3, 32, upsample=upsample).double()
+        x = torch.randn(1, channels, side, side, dtype=torch.float64)
+        style = torch.randn(1, 32, dtype=torch.float64)
+        expected = conv.forward_reference(x, style)
+        conv = conv.to(dtype)
+        assert conv.use_batched(x.to(dtype)) is shared
+        got = conv(x.to(dtype), style.to(dtype)).double()
+        assert (got - expected).abs().max().item() <= TOL[dtype] * max(expected.abs().max().item(), 1) * 4
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("impl", ["transposed", "phase"])

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .winograd import TransformCache, conv3x3_winograd
+from .winograd import TransformCache, conv3x3_winograd, winograd_wins
 
 SQRT2 = math.sqrt(2.0)
 LRELU_SLOPE = 0.2
@@ -100,12 +100,8 @@ class EqualConv2d(TransformCache):
         self.winograd = False
 
     def use_winograd(self, x: torch.Tensor) -> bool:
-        from .stylegan2 import ModulatedConv2d
-
         return (self.fast and self.winograd and self.stride == 1 and self.padding == 1
-                and self.weight.shape[2:] == (3, 3) and self.weight.shape[1] >= ModulatedConv2d.WINOGRAD_MIN_CHANNELS
-                and min(x.shape[-2:]) >= ModulatedConv2d.WINOGRAD_MIN_SIDE
-                and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64))
+                and self.weight.shape[2:] == (3, 3) and winograd_wins(x, self.weight.shape[1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_winograd(x):

@@ -24,7 +24,7 @@ from torch import nn
 
 from .ops import LRELU_SLOPE, SQRT2, Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, blur_fast, \
     set_fast_path, upconv_phase, upconv_phase_kernels
-from .winograd import TransformCache, conv3x3_winograd
+from .winograd import TransformCache, conv3x3_winograd, winograd_wins
 
 # Fast-path implementations of the up-sampling modulated convolution (transposed conv + blur):
 # "transposed": the library's stride-2 transposed convolution then the blur;
@@ -95,22 +95,53 @@ class ModulatedConv2d(TransformCache):
             weight = weight * gain
         return weight
 
+    def modulated_weight_fast(self, style: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        """:meth:`modulated_weight` in one pass over the weight: the demodulation is
+        ``rsqrt(sum_i s_i^2 * sum_kk w_oikk^2)``, the same sum regrouped, so the ``[B, out, in]``
+        factor is built first and multiplied in once (the literal form takes four passes over a
+        2.4M-element tensor per 512-channel layer)."""
+        s = self.modulation(style) * self.scale                                # [B, in]
+        if self.demodulate:
+            d = torch.rsqrt((s * s) @ self.weight_square_sums().t() + 1e-8) * gain  # [B, out]
+            factor = d[:, :, None] * s[:, None, :]
+        else:
+            factor = (s * gain)[:, None, :].expand(-1, self.out_channels, -1)
+        return self.weight * factor[..., None, None]
+
+    def weight_square_sums(self) -> torch.Tensor:
+        """``sum over the kernel of weight^2``, ``[out, in]``; kept while the weight is unchanged
+        and needs no gradient (inference), recomputed otherwise."""
+        w = self.weight[0]
+        if torch.is_grad_enabled() and w.requires_grad:
+            return w.pow(2).sum([2, 3])
+        key = (w._version, w.data_ptr(), w.dtype, w.device, torch.is_inference_mode_enabled())
+        cached = getattr(self, "_square_sums", None)
+        if cached is None or cached[0] != key:
+            cached = (key, w.detach().pow(2).sum([2, 3]))
+            self._square_sums = cached
+        return cached[1]
+
     # Batches at or below this many output pixels run as one shared-weight convolution with the
     # style applied to the activations (one big GEMM beats B small ones); above it, per sample.
     BATCHED_MAX_PIXELS = 64 * 64
 
     def use_batched(self, x: torch.Tensor) -> bool:
+        """The shared-weight form (style on the activations): for batches of small maps, and for
+        one sample wherever scaling the input and output maps touches fewer values than building
+        the modulated weight (the coarse 512-channel layers)."""
         side = x.shape[-1] * (2 if self.upsample else 1)
-        return x.shape[0] > 1 and side * side <= self.BATCHED_MAX_PIXELS
+        if x.shape[0] > 1:
+            return side * side <= self.BATCHED_MAX_PIXELS
+        maps = x.shape[-1] * x.shape[-2] * self.in_channels + side * side * self.out_channels
+        return maps < self.in_channels * self.out_channels * self.kernel_size ** 2
 
     def activation_scales(self, style: torch.Tensor, gain: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """The modulated weight regrouped as ``W_b = diag(out_b) W diag(in_b)``: (``in [B, in]``,
         ``out [B, out]``), so the shared weight ``W`` is applied to ``x * in_b`` and the result
         scaled by ``out_b`` (demodulation times ``gain``)."""
         s = self.modulation(style) * self.scale                      # [B, in]
-        w = self.weight[0]
         if self.demodulate:
-            scale = torch.rsqrt((s * s) @ w.pow(2).sum([2, 3]).t() + 1e-8) * gain   # [B, out]
+            scale = torch.rsqrt((s * s) @ self.weight_square_sums().t() + 1e-8) * gain   # [B, out]
         else:
             scale = torch.full_like(s[:, :1], gain).expand(-1, self.out_channels)
         return s, scale
@@ -124,15 +155,22 @@ class ModulatedConv2d(TransformCache):
     # input) cost more than the GEMM saves: 128 ch at 256 px 70-100 vs 90-100 (a tie), 64 ch at
     # 512 px 180 vs 110. On the smallest maps the transformed weight (4x the weight) is read
     # for too few tiles: 512 ch at 4/8 px 3.5/6.4 ms vs 2.1/4.6 (one thread).
-    WINOGRAD_MIN_CHANNELS = 256
-    WINOGRAD_MIN_SIDE = 16
+    # The thresholds are winograd.MIN_CHANNELS and winograd.MIN_SIDE.
 
     def use_winograd(self, x: torch.Tensor) -> bool:
         """Whether this call's convolution runs by Winograd (see the measurements above)."""
-        return (self.winograd and not self.upsample and self.kernel_size == 3
-                and self.in_channels >= self.WINOGRAD_MIN_CHANNELS
-                and min(x.shape[-2:]) >= self.WINOGRAD_MIN_SIDE
-                and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64))
+        return self.winograd and not self.upsample and self.kernel_size == 3 and winograd_wins(x, self.in_channels)
+
+    def route(self, x: torch.Tensor) -> str:
+        """How the fast path runs this call: ``"winograd"`` for one sample on the layers where it
+        wins; else ``"batched"`` (the shared weight with the style on the maps) for batches of
+        small maps and one sample of a coarse layer; else ``"winograd"`` where it wins, sample by
+        sample; else ``"per_sample"`` (one modulated weight per sample)."""
+        if x.shape[0] == 1 and self.use_winograd(x):
+            return "winograd"
+        if self.use_batched(x):
+            return "batched"
+        return "winograd" if self.use_winograd(x) else "per_sample"
 
     def conv_winograd(self, x: torch.Tensor, style: torch.Tensor, gain: float = 1.0,
                       bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -195,11 +233,12 @@ class ModulatedConv2d(TransformCache):
         assert style.ndim == 2 and style.shape[0] == x.shape[0], (style.shape, x.shape)
         if not self.fast:
             return self.forward_reference(x, style)
-        if self.use_batched(x):
+        route = self.route(x)
+        if route == "batched":
             return self.conv_batched(x, style)
-        if self.use_winograd(x):
+        if route == "winograd":
             return self.conv_winograd(x, style)
-        return self.conv_per_sample(x, self.modulated_weight(style))
+        return self.conv_per_sample(x, self.modulated_weight_fast(style))
 
 
 class NoiseInjection(nn.Module):
@@ -241,12 +280,13 @@ class StyledConv(nn.Module):
             return self.activate(self.noise(self.conv.forward_reference(x, style), noise))
         # sqrt(2) * lrelu(y) == lrelu(sqrt(2) * y): fold the gain into the weights, the bias and
         # the noise strength, so the activation is a single in-place pass.
-        if self.conv.use_batched(x):
+        route = self.conv.route(x)
+        if route == "batched":
             out = self.conv.conv_batched(x, style, SQRT2, self.activate.bias * SQRT2)
-        elif self.conv.use_winograd(x):
+        elif route == "winograd":
             out = self.conv.conv_winograd(x, style, SQRT2, self.activate.bias * SQRT2)
         else:
-            weight = self.conv.modulated_weight(style, gain=SQRT2)
+            weight = self.conv.modulated_weight_fast(style, gain=SQRT2)
             out = self.conv.conv_per_sample(x, weight, self.activate.bias * SQRT2)
         out = out.addcmul_(noise.to(out.dtype), self.noise.weight * SQRT2)
         return F.leaky_relu_(out, LRELU_SLOPE)
