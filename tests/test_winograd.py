@@ -219,11 +219,38 @@ def test_cached_transform_dropped_when_the_module_moves():
     style = torch.randn(1, 64)
     with torch.no_grad():
         conv(x, style)
-        assert conv._winograd_cache is not None
+        assert conv._derived["winograd"] is not None
         conv.double()
-        assert conv._winograd_cache is None
+        assert conv._derived is None
         got = conv(x.double(), style.double())
-        assert conv._winograd_cache[1].dtype == torch.float64
+        assert conv._derived["winograd"][1].dtype == torch.float64
         conv.winograd = False
         want = conv(x.double(), style.double())
     torch.testing.assert_close(got, want, atol=TOL[torch.float64], rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weights_kept_in_inference_mode_never_reach_a_backward_pass(dtype):
+    """A frozen generator used for a preview (inference mode) and then differentiated through
+    (the refinement stages optimise codes through it): the transforms and sums kept in inference
+    mode are not reused, the gradient is the direct convolution's; weights made in inference
+    mode (no version counter) still run."""
+    conv, _ = modulated_layers(dtype)
+    conv.requires_grad_(False)
+    x = torch.randn(1, 256, 16, 16, dtype=dtype)
+    style = torch.randn(1, 64, dtype=dtype)
+    with torch.inference_mode():
+        conv(x, style)
+    code = style.clone().requires_grad_(True)
+    got = torch.autograd.grad(conv(x, code).square().sum(), code)[0]
+    conv.winograd = False
+    want = torch.autograd.grad(conv(x, code).square().sum(), code)[0]
+    torch.testing.assert_close(got, want, atol=TOL[dtype] * 100, rtol=TOL[dtype] * 100)
+    conv.winograd = True
+    with torch.inference_mode():
+        frozen = modulated_layers(dtype)[0]  # parameters made in inference mode
+        assert frozen.weight.is_inference()
+        first, again = frozen(x, style), frozen(x, style)
+        frozen.winograd = False
+        torch.testing.assert_close(first, frozen(x, style), atol=TOL[dtype], rtol=0)
+        assert torch.equal(first, again)

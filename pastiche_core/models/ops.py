@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .winograd import TransformCache, conv3x3_winograd, winograd_wins
+from .derived import DerivedWeights
+from .winograd import conv3x3_winograd, transform_weight, winograd_wins
 
 SQRT2 = math.sqrt(2.0)
 LRELU_SLOPE = 0.2
@@ -83,7 +84,7 @@ class EqualLinear(nn.Module):
         return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}, activation={self.activation}"
 
 
-class EqualConv2d(TransformCache):
+class EqualConv2d(DerivedWeights):
     """Conv2d with run-time weight scaling ``1 / sqrt(in * k * k)``. Keys: ``weight``, ``bias``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -105,7 +106,7 @@ class EqualConv2d(TransformCache):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_winograd(x):
-            u = self.cached_transform(self.weight)
+            u = self.derived("winograd", self.weight, transform_weight)
             scale = torch.full((u.shape[2],), self.scale, dtype=x.dtype, device=x.device)
             outs = [conv3x3_winograd(x[b: b + 1], None, self.bias, transformed=u, out_scale=scale)
                     for b in range(x.shape[0])]

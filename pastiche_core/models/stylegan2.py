@@ -24,7 +24,8 @@ from torch import nn
 
 from .ops import LRELU_SLOPE, SQRT2, Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, blur_fast, \
     set_fast_path, upconv_phase, upconv_phase_kernels
-from .winograd import TransformCache, conv3x3_winograd, winograd_wins
+from .derived import DerivedWeights
+from .winograd import conv3x3_winograd, transform_weight, winograd_wins
 
 # Fast-path implementations of the up-sampling modulated convolution (transposed conv + blur):
 # "transposed": the library's stride-2 transposed convolution then the blur;
@@ -59,7 +60,7 @@ def map_rows(mapping: nn.Module, codes: torch.Tensor) -> torch.Tensor:
     return mapping(codes.reshape(-1, codes.shape[-1])).reshape(codes.shape)
 
 
-class ModulatedConv2d(TransformCache):
+class ModulatedConv2d(DerivedWeights):
     """Style-modulated convolution. Keys: ``weight [1, out, in, k, k]``, ``modulation.*``,
     ``blur.kernel`` (up-sampling only).
 
@@ -109,17 +110,8 @@ class ModulatedConv2d(TransformCache):
         return self.weight * factor[..., None, None]
 
     def weight_square_sums(self) -> torch.Tensor:
-        """``sum over the kernel of weight^2``, ``[out, in]``; kept while the weight is unchanged
-        and needs no gradient (inference), recomputed otherwise."""
-        w = self.weight[0]
-        if torch.is_grad_enabled() and w.requires_grad:
-            return w.pow(2).sum([2, 3])
-        key = (w._version, w.data_ptr(), w.dtype, w.device, torch.is_inference_mode_enabled())
-        cached = getattr(self, "_square_sums", None)
-        if cached is None or cached[0] != key:
-            cached = (key, w.detach().pow(2).sum([2, 3]))
-            self._square_sums = cached
-        return cached[1]
+        """``sum over the kernel of weight^2``, ``[out, in]`` (kept: :class:`~.derived.DerivedWeights`)."""
+        return self.derived("square_sums", self.weight[0], lambda w: w.pow(2).sum([2, 3]))
 
     # Batches at or below this many output pixels run as one shared-weight convolution with the
     # style applied to the activations (one big GEMM beats B small ones); above it, per sample.
@@ -176,7 +168,7 @@ class ModulatedConv2d(TransformCache):
                       bias: torch.Tensor | None = None) -> torch.Tensor:
         """The per-sample modulated convolution (dense 3x3) by Winograd, sample by sample."""
         s, scale = self.activation_scales(style, gain)
-        u = self.cached_transform(self.weight[0])
+        u = self.derived("winograd", self.weight[0], transform_weight)
         outs = [conv3x3_winograd(x[b: b + 1], None, bias, transformed=u, in_scale=s[b], out_scale=scale[b])
                 for b in range(x.shape[0])]
         return outs[0] if len(outs) == 1 else torch.cat(outs, 0)

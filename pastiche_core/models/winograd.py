@@ -16,7 +16,7 @@ transforms. The transforms are laid out so that each is one matmul on a contiguo
 
 StyleGAN2 modulates its weights per sample, and transforming a 512x512 weight costs ~20 ms (its
 36 x 512 x 512 result does not fit in cache), as much as the whole Winograd convolution at 32 px.
-So the callers keep the shared weight's transform (:meth:`TransformCache.cached_transform`, 4x the weight's
+So the callers keep the shared weight's transform (:class:`~.derived.DerivedWeights`, 4x the weight's
 memory) and apply the modulation to the input channels and the demodulation to the output
 channels (``in_scale``, ``out_scale``), which is the same function regrouped. Large maps run in
 strips of tile rows so that the tiles of a strip stay in cache.
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 TILE = 4          # output side of one tile
 SPAN = TILE + 2   # input side of one tile (3x3 kernel)
@@ -85,29 +84,6 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     _, g, _ = transform_matrices(weight.dtype, weight.device)
     w = weight.permute(2, 3, 1, 0).reshape(9, in_ch * out_ch)
     return (g @ w).view(SPAN * SPAN, in_ch, out_ch)
-
-
-class TransformCache(nn.Module):
-    """Mixin for a module whose 3x3 weight is Winograd-transformed: :meth:`cached_transform`
-    keeps ``transform_weight(weight)`` while the weight is unchanged (same storage, version,
-    dtype, device) and no gradient is wanted; it is recomputed otherwise, so training
-    differentiates through it. The transformed weight is 4x the weight's size, so it is dropped
-    when the module moves (``.to``, ``.cuda``, ``.half``), not left behind on the old device."""
-
-    _winograd_cache: tuple | None = None
-
-    def cached_transform(self, weight: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and weight.requires_grad:
-            return transform_weight(weight)
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(weight.shape))
-        if self._winograd_cache is None or self._winograd_cache[0] != key:
-            self._winograd_cache = None  # free the old one before building the new one
-            self._winograd_cache = (key, transform_weight(weight.detach()))
-        return self._winograd_cache[1]
-
-    def _apply(self, fn, *args, **kwargs):
-        self._winograd_cache = None
-        return super()._apply(fn, *args, **kwargs)
 
 
 # Large maps run in strips of whole tile rows holding at least this many tiles: the strip's
