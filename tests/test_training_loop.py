@@ -2,8 +2,9 @@
 
 A state written before the loop was shared by every stage (the committed
 ``fixtures/training/refine_state_v1.pt``, a refine-exstyle run stopped in the middle of its
-second exemplar, made by the code of the commit before training/loop.py) still resumes, and
-bit for bit: the refined codes equal those of an uninterrupted run of today's code.
+second exemplar, made by the code of the commit before training/loop.py) still resumes: its
+record is restored as saved, and the refined codes equal those of an uninterrupted run of
+today's code (to float rounding: the generator's fast path has changed its rounding since).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def run_refine(s: dict, out: Path, **kw):
     return refine_exstyle_codes(s["generator"], s["exstyle"], s["instyle"], s["data"], out, refine_config(), **kw)
 
 
-def test_a_state_written_before_the_shared_loop_resumes_bit_for_bit(tmp_path):
+def test_a_state_written_before_the_shared_loop_resumes(tmp_path):
     s = refine_setup(tmp_path)
     reference = run_refine(s, tmp_path / "ref")
     out = tmp_path / "old"
@@ -69,11 +70,16 @@ def test_a_state_written_before_the_shared_loop_resumes_bit_for_bit(tmp_path):
     shutil.copyfile(OLD_REFINE_STATE, state_path(out, "refine-exstyle"))
     old = load_state(state_path(out, "refine-exstyle"))
     assert old["step"] == 4 and old["extra"]["ranks"] is not None  # stopped inside the second exemplar
+    saved_losses = old["extra"]["losses"].tolist()
     resumed = run_refine(s, out, resume=True)
     assert resumed.finished and resumed.steps_done == 6
-    assert resumed.losses == reference.losses
-    assert torch.equal(StyleBank.load(out / "refined_exstyle_code.npy").codes,
-                       StyleBank.load(tmp_path / "ref" / "refined_exstyle_code.npy").codes)
+    assert resumed.losses[:4] == saved_losses  # the old state's record, restored as it was
+    # The generator's fast path has since changed its float rounding (Winograd, one-pass
+    # modulated weights), so today's uninterrupted run agrees to rounding, not bit for bit (a
+    # state written by today's code resumes bit for bit: test_training_refine).
+    torch.testing.assert_close(resumed.losses, reference.losses, rtol=1e-6, atol=0)
+    torch.testing.assert_close(StyleBank.load(out / "refined_exstyle_code.npy").codes,
+                               StyleBank.load(tmp_path / "ref" / "refined_exstyle_code.npy").codes, rtol=0, atol=1e-4)
 
 
 # --------------------------------------------------------------------------------------------

@@ -143,20 +143,28 @@ def test_cached_transformed_weight_follows_weight_updates():
     torch.testing.assert_close(got, want, atol=TOL[torch.float32], rtol=0)
 
 
-def test_modulated_conv_winograd_trains():
-    """With gradients on, the transformed weight is recomputed and the gradient reaches the weight."""
+def test_a_weight_being_trained_takes_the_direct_convolution():
+    """Winograd keeps the shared weight's transform; a weight that needs a gradient would be
+    transformed on every call (slower than the direct convolution), so training runs direct and
+    its gradient is the direct one. Frozen weights (refining codes through a fixed generator)
+    keep Winograd, and the gradient to the codes is the direct one."""
     conv, _ = modulated_layers(torch.float64)
     x = torch.randn(1, 256, 16, 16, dtype=torch.float64)
     style = torch.randn(1, 64, dtype=torch.float64)
+    assert not conv.use_winograd(x)
+    with torch.no_grad():
+        assert conv.use_winograd(x)
+    conv.requires_grad_(False)
+    assert conv.use_winograd(x)
+    code = style.clone().requires_grad_(True)
     grads = []
     for on in (True, False):
         conv.winograd = on
-        conv.zero_grad()
-        conv(x, style).pow(2).sum().backward()
-        grads.append(conv.weight.grad.clone())
+        grads.append(torch.autograd.grad(conv(x, code).pow(2).sum(), code)[0])
     torch.testing.assert_close(grads[0], grads[1], atol=1e-9, rtol=0)
 
 
+@torch.no_grad()
 def test_where_winograd_is_used():
     x = torch.randn(1, 256, 16, 16)
     conv = ModulatedConv2d(256, 32, 3, 64)

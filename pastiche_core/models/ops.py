@@ -102,7 +102,7 @@ class EqualConv2d(DerivedWeights):
 
     def use_winograd(self, x: torch.Tensor) -> bool:
         return (self.fast and self.winograd and self.stride == 1 and self.padding == 1
-                and self.weight.shape[2:] == (3, 3) and winograd_wins(x, self.weight.shape[1]))
+                and self.weight.shape[2:] == (3, 3) and winograd_wins(x, self.weight.shape[1], self.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_winograd(x):

@@ -150,8 +150,10 @@ class ModulatedConv2d(DerivedWeights):
     # The thresholds are winograd.MIN_CHANNELS and winograd.MIN_SIDE.
 
     def use_winograd(self, x: torch.Tensor) -> bool:
-        """Whether this call's convolution runs by Winograd (see the measurements above)."""
-        return self.winograd and not self.upsample and self.kernel_size == 3 and winograd_wins(x, self.in_channels)
+        """Whether this call's convolution runs by Winograd (see the measurements above, and
+        :func:`~.winograd.winograd_wins`)."""
+        return (self.winograd and not self.upsample and self.kernel_size == 3
+                and winograd_wins(x, self.in_channels, self.weight))
 
     def route(self, x: torch.Tensor) -> str:
         """How the fast path runs this call: ``"winograd"`` for one sample on the layers where it
