@@ -273,3 +273,12 @@ def test_the_files_a_stage_reads_follow_its_settings():
     assert networks("refine-exstyle", loss="pixel") == []
     assert networks("finetune") == ["vgg19-dcbb9e9d.pth", "model_ir_se50.pth"]
     assert networks("sampler") == []
+
+
+def test_the_train_help_loads_no_torch():
+    """The stage list of `train --help` is made from the stages and their inputs without loading
+    torch (the help stays instant; the heavy modules load when a stage runs)."""
+    code = ("import sys, pastiche_core.commands.train as t, pastiche_core.training.stages as s; "
+            "assert 'finetune-stylegan' in t.__doc__ and s.TRAINING_STAGES; print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

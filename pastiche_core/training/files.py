@@ -21,7 +21,7 @@ from ..atomic import atomic_write
 from ..errors import CheckpointError
 from .checkpointing import atomic_torch_save
 
-from .inputs import ENCODER, PRETRAIN, STYLEGAN_FFHQ  # noqa: F401 (re-exported: the names' old home)
+from .inputs import ENCODER, PRETRAIN, STYLEGAN_FFHQ, find_in  # noqa: F401 (names re-exported: their old home)
 
 
 def search_folders(out: str | os.PathLike | None, checkpoints: str | os.PathLike,
@@ -40,11 +40,7 @@ def search_folders(out: str | os.PathLike | None, checkpoints: str | os.PathLike
 
 def find_file(name: str, folders: Sequence[Path], purpose: str) -> Path:
     """``name`` in the first folder that has it, else a :class:`CheckpointError` naming it."""
-    for folder in folders:
-        if (folder / name).is_file():
-            return folder / name
-    where = ", ".join(f"'{f}'" for f in folders)
-    raise CheckpointError(f"missing {name}: {purpose}. Put it in one of: {where}")
+    return find_in(folders, name, purpose)
 
 
 def starting_file(start: str | os.PathLike | None, inp, out, checkpoints, style: str | None) -> Path:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import CheckpointError
+
 # The official file names
 STYLEGAN_FFHQ = "stylegan2-ffhq-config-f.pt"   # rosinality's FFHQ StyleGAN2
 ENCODER = "encoder.pt"                         # the z+ pSp encoder
@@ -87,6 +89,19 @@ BANK_FOR_SAMPLER = Input(REFINED_EXSTYLE, "the sampler learns the distribution o
                          option="--bank")
 
 
+def missing_input(name: str, what: str, folders) -> CheckpointError:
+    """The error for a file not found in ``folders``: its name, what it is for, where it may go."""
+    return CheckpointError(f"missing {name}: {what}. Put it in one of: " + ", ".join(f"'{f}'" for f in folders))
+
+
+def find_in(folders, name: str, what: str):
+    """``name`` in the first of ``folders`` that has it, else :func:`missing_input`."""
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+    raise missing_input(name, what, folders)
+
+
 def vgg19(what: str, when: str = "") -> Input:
     return Input(VGG19_FILE, what, network="vgg19", when=when)
 
@@ -99,5 +114,5 @@ def irse50(what: str, when: str = "") -> Input:
     return Input(IRSE50_FILE, what, network="irse50", when=when)
 
 
-__all__ = ["ENCODER", "EXSTYLE", "FINETUNED_STYLEGAN", "GENERATOR", "INSTYLE", "IRSE50_FILE", "Input", "PRETRAIN",
+__all__ = ["find_in", "missing_input", "ENCODER", "EXSTYLE", "FINETUNED_STYLEGAN", "GENERATOR", "INSTYLE", "IRSE50_FILE", "Input", "PRETRAIN",
            "REFINED_EXSTYLE", "STYLEGAN_FFHQ", "VGG16_FILE", "VGG19_FILE", "irse50", "vgg16", "vgg19"]

@@ -18,10 +18,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from ..errors import CheckpointError, InputError
 from . import inputs as I
-from .common import StageResult
 from .options import CONFIGS, default
+
+if TYPE_CHECKING:  # .common imports torch; the help reads this module
+    from .common import StageResult
 
 STYLE_IMAGES = "the style images (official data/<style>/images/train)"
 
@@ -46,10 +50,7 @@ class Job:
 
     def find(self, inp: I.Input) -> Path:
         """``inp`` in the first folder that has it."""
-        found = next((f / inp.name for f in self.folders if (f / inp.name).is_file()), None)
-        if found is None:
-            raise self.missing(inp)
-        return found
+        return I.find_in(self.folders, inp.name, inp.what)
 
     def bank(self, inp: I.Input, given: str | None = None):
         return find_bank(inp, self.folders, given)
@@ -95,7 +96,7 @@ def find_bank(inp: I.Input, folders: list[Path], given: str | None = None):
 
 
 def missing_file(inp: I.Input, folders: list[Path]) -> CheckpointError:
-    return CheckpointError(f"missing {inp.name}: {inp.what}. Put it in one of: " + ", ".join(f"'{f}'" for f in folders))
+    return I.missing_input(inp.name, inp.what, folders)
 
 
 def check_faces(folder: str | os.PathLike, what: str) -> list[str]:
