@@ -101,13 +101,8 @@ class ModulatedConv2d(DerivedWeights):
         ``rsqrt(sum_i s_i^2 * sum_kk w_oikk^2)``, the same sum regrouped, so the ``[B, out, in]``
         factor is built first and multiplied in once (the literal form takes four passes over a
         2.4M-element tensor per 512-channel layer)."""
-        s = self.modulation(style) * self.scale                                # [B, in]
-        if self.demodulate:
-            d = torch.rsqrt((s * s) @ self.weight_square_sums().t() + 1e-8) * gain  # [B, out]
-            factor = d[:, :, None] * s[:, None, :]
-        else:
-            factor = (s * gain)[:, None, :].expand(-1, self.out_channels, -1)
-        return self.weight * factor[..., None, None]
+        s, d = self.activation_scales(style, gain)                            # [B, in], [B, out]
+        return self.weight * (d[:, :, None] * s[:, None, :])[..., None, None]
 
     def weight_square_sums(self) -> torch.Tensor:
         """``sum over the kernel of weight^2``, ``[out, in]`` (kept: :class:`~.derived.DerivedWeights`)."""
