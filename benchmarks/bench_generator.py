@@ -15,7 +15,9 @@ of the [-1, 1] image), so speed and exactness are read in the same table.
 Paths: ``official`` (with --official), ``reference`` (our literal ops), ``fast`` (the default
 fast path), ``fast-<impl>`` for each up-sampling convolution of the fast path
 (``fast-transposed``, ``fast-phase``: see ``stylegan2.UPSAMPLE_IMPLS``) and ``fast-direct`` (the
-default fast path without its Winograd convolutions: see ``ModulatedConv2d.use_winograd``). Every path runs with
+default fast path without its Winograd convolutions: see ``ModulatedConv2d.use_winograd``) and
+``fast-whole`` (the default fast path with every block computed whole, not in bands of rows: see
+``Generator.use_bands``). Every path runs with
 the same thread count (``--threads``, default 2). At 1024 px batches above 4 run the fast paths
 only (the official and reference paths would hold about 10 GB).
 """
@@ -39,8 +41,8 @@ def fast_paths() -> tuple[list[str], list[str]]:
     from pastiche_core.models.stylegan2 import DEFAULT_UPSAMPLE_IMPL, UPSAMPLE_IMPLS
 
     variants = [f"fast-{impl}" for impl in UPSAMPLE_IMPLS]
-    timed = ["fast"] + [v for v in variants if v != f"fast-{DEFAULT_UPSAMPLE_IMPL}"] + ["fast-direct"]
-    return ["fast"] + variants + ["fast-direct"], timed
+    timed = ["fast"] + [v for v in variants if v != f"fast-{DEFAULT_UPSAMPLE_IMPL}"] + ["fast-direct", "fast-whole"]
+    return ["fast"] + variants + ["fast-direct", "fast-whole"], timed
 
 
 def official_model(official_dir: str, ours):
@@ -121,7 +123,7 @@ def run_one(size: int, batch: int, dtype_name: str, path: str, device: str, repe
         variant = path.split("-", 1)[1] if path.startswith("fast-") else None
         model.use_fast_path(fast, channels_last=fast and device == "cpu",
                             upsample=variant if variant in UPSAMPLE_IMPLS else DEFAULT_UPSAMPLE_IMPL,
-                            winograd=variant != "direct")
+                            winograd=variant != "direct", bands=variant != "whole")
     model = model.to(device=device, dtype=dtype)
     ins, ex = instyle.to(device, dtype), exstyle_z.to(device, dtype)
     call = torch.compile(model) if compile_model else model

@@ -133,10 +133,11 @@ class DualStyleGAN(nn.Module):
         return range(self.res_index + 1, self.n_latent)
 
     def use_fast_path(self, enabled: bool = True, channels_last: bool | None = None,
-                      upsample: str | None = None, winograd: bool | None = None) -> "DualStyleGAN":
+                      upsample: str | None = None, winograd: bool | None = None,
+                      bands: bool | None = None) -> "DualStyleGAN":
         """See :meth:`Generator.use_fast_path`."""
         set_fast_path(self, enabled)
-        self.generator.use_fast_path(enabled, channels_last, upsample, winograd)
+        self.generator.use_fast_path(enabled, channels_last, upsample, winograd, bands)
         if winograd is not None:
             for block in self.res:
                 if isinstance(block, AdaResBlock):
@@ -235,45 +236,54 @@ class DualStyleGAN(nn.Module):
                 return w * self.res[l](p["adastyles"][:, l]) + (1 - w) * p["latent"][:, l]
             return p["latent"][:, l]
 
-        def run_block(j: int, out: torch.Tensor, skip: torch.Tensor, p: dict):
-            """Block j (output side ``2 ** (j + 3)``): up conv, conv (each followed by its ModRes
-            block on structure layers), ToRGB."""
+        def structure_block(j: int, out: torch.Tensor, skip: torch.Tensor, p: dict):
+            """Block j (output side ``2 ** (j + 3)``) on structure layers: up conv and conv, each
+            followed by its ModRes block, then ToRGB."""
             i, lat, nz = 2 * j + 1, p["latent"], p["noises"]
             conv_up, conv = g.convs[2 * j], g.convs[2 * j + 1]
-            out = g.to_block_format(out, j)
-            if use_res and i <= self.res_index:
-                out = conv_up(out, lat[:, i], nz[2 * j + 1])
-                if fuse >= i:
-                    out = self.res[i](out, p["resstyles"][:, i], p["weights"][i])
-                out = conv(out, lat[:, i + 1], nz[2 * j + 2])
-                if fuse >= i + 1:
-                    out = self.res[i + 1](out, p["resstyles"][:, i + 1], p["weights"][i + 1])
-            elif use_res:
-                out = conv_up(out, blended(i, p), nz[2 * j + 1])
-                out = conv(out, blended(i + 1, p), nz[2 * j + 2])
-            else:
-                out = conv_up(out, lat[:, i], nz[2 * j + 1])
-                out = conv(out, lat[:, i + 1], nz[2 * j + 2])
+            out = conv_up(g.to_block_format(out, j), lat[:, i], nz[i])
+            if fuse >= i:
+                out = self.res[i](out, p["resstyles"][:, i], p["weights"][i])
+            out = conv(out, lat[:, i + 1], nz[i + 1])
+            if fuse >= i + 1:
+                out = self.res[i + 1](out, p["resstyles"][:, i + 1], p["weights"][i + 1])
             rgb_style = blended(i + 2, p) if use_res and i >= self.res_index - 1 else lat[:, i + 2]
             return out, g.to_rgbs[j](out, rgb_style, skip)
 
+        def block_styles(j: int, p: dict) -> tuple:
+            """(up, conv, rgb) styles of a block without ModRes blocks."""
+            i, lat = 2 * j + 1, p["latent"]
+            if not use_res:
+                return lat[:, i], lat[:, i + 1], lat[:, i + 2]
+            return blended(i, p), blended(i + 1, p), blended(i + 2, p) if i >= self.res_index - 1 else lat[:, i + 2]
+
+        def run_blocks(first: int, last: int, out: torch.Tensor, skip: torch.Tensor, p: dict):
+            """Blocks [first, last): the structure blocks here, the rest by the generator (which
+            runs the large ones in bands)."""
+            j = first
+            while j < last and use_res and 2 * j + 1 <= self.res_index:
+                out, skip = structure_block(j, out, skip, p)
+                j += 1
+            if j < last:
+                out, skip = g.run_blocks(j, out, skip, lambda k: block_styles(k, p),
+                                         lambda k: (p["noises"][2 * k + 1], p["noises"][2 * k + 2]), last)
+            return out, skip
+
+        n_blocks = len(g.to_rgbs)
         whole = rows_of(slice(None))
         out = g.start(batch)
         out = g.conv1(out, latent[:, 0], noises[0])
         if use_res and fuse > 0:
             out = self.res[0](out, resstyles[:, 0], weights[0])
         skip = g.to_rgb1(out, latent[:, 1])
-        split = g.per_sample_from(batch, latent.device) if not return_feat else len(g.to_rgbs)
-        for j in range(min(split, len(g.to_rgbs))):
-            out, skip = run_block(j, out, skip, whole)
-            if return_feat and 2 * j + 3 > self.res_index:
-                return out, skip
-        if split < len(g.to_rgbs):  # the large blocks one sample at a time (see Generator.per_sample_from)
+        feat_block = next((j for j in range(n_blocks) if 2 * j + 3 > self.res_index), None)
+        if return_feat and feat_block is not None:  # features right after the last structure block
+            return run_blocks(0, feat_block + 1, out, skip, whole)
+        split = g.per_sample_from(batch, latent.device) if not return_feat else n_blocks
+        out, skip = run_blocks(0, split, out, skip, whole)
+        if split < n_blocks:  # the large blocks one sample at a time (see Generator.per_sample_from)
             images = []
             for b in range(batch):
-                p, ob, sb = rows_of(slice(b, b + 1)), out[b: b + 1], skip[b: b + 1]
-                for j in range(split, len(g.to_rgbs)):
-                    ob, sb = run_block(j, ob, sb, p)
-                images.append(sb)
+                images.append(run_blocks(split, n_blocks, out[b: b + 1], skip[b: b + 1], rows_of(slice(b, b + 1)))[1])
             skip = torch.cat(images)
         return (skip, latent) if return_latents else skip

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from torch import nn
 
 from .ops import LRELU_SLOPE, SQRT2, Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, blur_fast, \
     set_fast_path, upconv_phase, upconv_phase_kernels
+from .bands import blocks_in_bands
 from .derived import DerivedWeights
 from .winograd import conv3x3_winograd, transform_weight, winograd_wins
 
@@ -318,6 +319,7 @@ class Generator(nn.Module):
         self.n_latent = log_size * 2 - 2
         self.channels = channels = channel_counts(channel_multiplier)
         self.channels_last = False
+        self.bands = True
 
         self.style = mapping_network(n_mlp, style_dim)
         self.input = ConstantInput(channels[4])
@@ -345,15 +347,19 @@ class Generator(nn.Module):
                 "channel_multiplier": self.channel_multiplier}
 
     def use_fast_path(self, enabled: bool = True, channels_last: bool | None = None,
-                      upsample: str | None = None, winograd: bool | None = None) -> "Generator":
+                      upsample: str | None = None, winograd: bool | None = None,
+                      bands: bool | None = None) -> "Generator":
         """Fast ops (default) or the literal reference ops everywhere in this model;
         ``channels_last`` runs the feature maps in NHWC (faster with oneDNN/cuDNN); ``upsample``
         picks the fast up-sampling convolution (one of :data:`UPSAMPLE_IMPLS`); ``winograd``
         lets the fast path use Winograd convolutions on the layers where they win on a CPU
-        (:meth:`ModulatedConv2d.use_winograd`)."""
+        (:meth:`ModulatedConv2d.use_winograd`); ``bands`` lets it run the large blocks band by
+        band on a CPU (:meth:`use_bands`)."""
         set_fast_path(self, enabled)
         if channels_last is not None:
             self.channels_last = channels_last
+        if bands is not None:
+            self.bands = bool(bands)
         if upsample is not None:
             if upsample not in UPSAMPLE_IMPLS:
                 raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_IMPLS)}, got {upsample!r}")
@@ -398,6 +404,47 @@ class Generator(nn.Module):
         if self.channels_last and 2 ** (block + 3) >= self.CHANNELS_LAST_FROM:
             return x.contiguous(memory_format=torch.channels_last)
         return x
+
+    # On a CPU's fast path the blocks of at least this output side run in bands of rows
+    # (models/bands.py): their intermediates stay a few MB instead of fresh 33-134 MB tensors.
+    # Measured per block at batch 1 on 2 threads (AVX-512), whole against 32-row bands:
+    # 1024 px 375 vs 265 ms, 512 px 253 vs 215, 256 px 212 vs 179; at 128 px the bands lose
+    # (132 vs 171: the whole block's 3x3 convolution runs by Winograd).
+    BANDS_FROM = 256
+
+    def use_bands(self, x: torch.Tensor, block: int, styles: Sequence[torch.Tensor]) -> bool:
+        """Whether block ``block`` runs band by band for this call: one sample on a CPU's fast
+        path with the transposed up-sampling convolution, at least :data:`BANDS_FROM` px, and
+        nothing to differentiate (the bands write into preallocated outputs)."""
+        if not (self.bands and self.conv1.fast and x.shape[0] == 1 and x.device.type == "cpu"
+                and 2 ** (block + 3) >= self.BANDS_FROM and self.convs[2 * block].conv.upsample_impl == "transposed"):
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        block_params = (p for m in (self.convs[2 * block], self.convs[2 * block + 1], self.to_rgbs[block])
+                        for p in m.parameters())
+        return not (x.requires_grad or any(s.requires_grad for s in styles) or any(p.requires_grad for p in block_params))
+
+    def run_blocks(self, first: int, x: torch.Tensor, skip: torch.Tensor | None, styles: Callable,
+                   noises: Callable, last: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Blocks ``first`` to ``last - 1`` (default: to the end; block ``j`` has output side
+        ``2 ** (j + 3)``): up conv, conv and ToRGB, with ``styles(j)`` (up, conv, rgb; each
+        ``[B, D]``) and ``noises(j)`` (up, conv). Returns ``(features, rgb)`` of the last block
+        run; its features are None when it is the generator's last block and ran in bands
+        (nothing reads them). The blocks where :meth:`use_bands` holds run as one banded chain.
+        """
+        last = len(self.to_rgbs) if last is None else last
+        for j in range(first, last):
+            x = self.to_block_format(x, j)
+            layers = (self.convs[2 * j], self.convs[2 * j + 1], self.to_rgbs[j])
+            if self.use_bands(x, j, styles(j)):
+                chain = [(self.convs[2 * k], self.convs[2 * k + 1], self.to_rgbs[k], styles(k), noises(k))
+                         for k in range(j, last)]
+                return blocks_in_bands(chain, x, skip, keep_features=last < len(self.to_rgbs))
+            (s_up, s_conv, s_rgb), (n_up, n_conv) = styles(j), noises(j)
+            x = layers[1](layers[0](x, s_up, n_up), s_conv, n_conv)
+            skip = layers[2](x, s_rgb, skip)
+        return x, skip
 
     # -- latents -----------------------------------------------------------------------------
     def mapping(self, z: torch.Tensor) -> torch.Tensor:
@@ -492,25 +539,19 @@ class Generator(nn.Module):
         out = self.conv1(out, latent[:, 0], noises[0])
         skip = self.to_rgb1(out, latent[:, 1])
 
-        def run_block(j: int, out: torch.Tensor, skip: torch.Tensor, lat: torch.Tensor, nz: list):
-            i = 2 * j + 1
-            out = self.to_block_format(out, j)
-            out = self.convs[2 * j](out, lat[:, i], nz[2 * j + 1])
-            out = self.convs[2 * j + 1](out, lat[:, i + 1], nz[2 * j + 2])
-            return out, self.to_rgbs[j](out, lat[:, i + 2], skip)
-
         batch, n = latent.shape[0], len(self.to_rgbs)
+
+        def run_blocks(first: int, last: int, out: torch.Tensor, skip: torch.Tensor, lat: torch.Tensor, nz: list):
+            return self.run_blocks(first, out, skip, lambda j: (lat[:, 2 * j + 1], lat[:, 2 * j + 2], lat[:, 2 * j + 3]),
+                                   lambda j: (nz[2 * j + 1], nz[2 * j + 2]), last)
+
         split = self.per_sample_from(batch, latent.device)
-        for j in range(split):
-            out, skip = run_block(j, out, skip, latent, noises)
+        out, skip = run_blocks(0, split, out, skip, latent, noises)
         if split < n:  # the large blocks one sample at a time (see PER_SAMPLE_FROM)
             images = []
             for b in range(batch):
-                ob, sb, lat = out[b: b + 1], skip[b: b + 1], latent[b: b + 1]
                 nz = [z if z.shape[0] == 1 else z[b: b + 1] for z in noises]
-                for j in range(split, n):
-                    ob, sb = run_block(j, ob, sb, lat, nz)
-                images.append(sb)
+                images.append(run_blocks(split, n, out[b: b + 1], skip[b: b + 1], latent[b: b + 1], nz)[1])
             skip = torch.cat(images)
         return skip
 
