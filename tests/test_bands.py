@@ -1,9 +1,11 @@
 """Banded synthesis (models/bands.py): the halo rows each band reads, the streaming of rows
 between chained blocks, and bands against whole blocks, per dtype."""
+import threading
+
 import pytest
 import torch
 
-from pastiche_core.models import DEFAULT_INTERP_WEIGHTS
+from pastiche_core.models import DEFAULT_INTERP_WEIGHTS, workers
 from pastiche_core.models.bands import StreamedRows, band_rows, blocks_in_bands, input_rows, skip_rows
 from pastiche_core.reference import fixture_model
 
@@ -161,7 +163,7 @@ def test_models_in_bands_equal_whole_blocks(kind):
     torch.testing.assert_close(banded, reference, atol=2e-4, rtol=0)  # the fixture tolerance
 
 
-def test_bands_step_aside_where_a_gradient_is_needed(gen512):
+def test_bands_step_aside_where_a_gradient_is_needed(gen512, monkeypatch):
     """Training and the refinement stages differentiate through the generator: those calls run
     whole blocks (the bands write into preallocated outputs), with the same result."""
     g = gen512
@@ -171,10 +173,68 @@ def test_bands_step_aside_where_a_gradient_is_needed(gen512):
     assert g.use_bands(x, 5, styles)  # grad mode, but nothing requires a gradient
     styles = [s.clone().requires_grad_() for s in styles]
     assert not g.use_bands(x, 5, styles)
-    assert not g.use_bands(x, 4, [s.detach() for s in styles])  # 128 px: below BANDS_FROM
+    detached = [s.detach() for s in styles]
+    monkeypatch.setattr(workers, "MAX_WORKERS", 0)
+    assert not g.use_bands(x, 4, detached)  # 128 px: below BANDS_FROM
+    monkeypatch.setattr(workers, "MAX_WORKERS", 4)
+    assert g.use_bands(x, 4, detached) == (torch.get_num_threads() in (2, 3, 4))  # from WORKER_BANDS_FROM
     latent = torch.randn(1, g.n_latent, 512, requires_grad=True)
     image = g.synthesis(latent)
     image.square().mean().backward()
     assert latent.grad is not None and latent.grad.abs().sum() > 0
     with torch.inference_mode():
         torch.testing.assert_close(g.synthesis(latent.detach()), image.detach(), atol=2e-5, rtol=0)
+
+
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads, so that the pieces go to two band workers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_pieces_run_on_single_threaded_workers_in_the_callers_mode(two_threads):
+    seen, lock = [], threading.Lock()
+
+    def piece(i):
+        with lock:
+            seen.append((i, threading.current_thread().name, torch.is_inference_mode_enabled(), torch.get_num_threads()))
+
+    assert workers.worker_count() == 2 and workers.worker_count("meta") == 0
+    with torch.inference_mode():
+        workers.run_pieces(piece, [(i,) for i in range(6)])
+    assert sorted(i for i, *_ in seen) == list(range(6))
+    assert all(name.startswith("pastiche-band") and inference and n == 1 for _, name, inference, n in seen), seen
+    assert torch.get_num_threads() == 2
+    counts = []  # a thread started afterwards gets the caller's count, not the workers' one
+    t = threading.Thread(target=lambda: counts.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert counts == [2]
+
+
+def test_piece_errors_reach_the_caller_and_pieces_do_not_nest(two_threads):
+    names = []
+
+    def piece(i):
+        if i == 3:
+            raise ValueError("piece 3 failed")
+        inner = []
+        workers.run_pieces(lambda k: inner.append(threading.current_thread().name), [(0,), (1,), (2,)])
+        names.append(set(inner))
+
+    with pytest.raises(ValueError, match="piece 3 failed"):
+        workers.run_pieces(piece, [(i,) for i in range(5)])
+    assert len(names) == 4 and all(len(n) == 1 for n in names)  # nested pieces ran in order, on their worker
+
+
+def test_bands_on_workers_equal_bands_in_order(gen512, two_threads, monkeypatch):
+    g = gen512
+    latent = torch.randn(1, g.n_latent, 512, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        on_workers = g.synthesis(latent)
+        monkeypatch.setattr(workers, "MAX_WORKERS", 0)
+        in_order = g.synthesis(latent)
+    torch.testing.assert_close(on_workers, in_order, atol=2e-5, rtol=0)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from .ops import LRELU_SLOPE, SQRT2, _depthwise
+from .winograd import conv3x3_winograd, transform_weight
+from .workers import run_pieces, worker_count
 
 # A band holds about this many bytes of the block's widest map (its output channels at its
 # output width). Measured per block on 2 threads of an AVX-512 CPU (1024 px, 32 channels, 128
@@ -74,15 +76,15 @@ class WholeRows:
 
 
 class StreamedRows:
-    """Rows of a banded block's output (features and RGB), computed a band at a time as they are
-    asked for. Requests for each part come in increasing order, so bands wholly behind every
-    part's last request are dropped."""
+    """Rows of a banded block's output (features and RGB) from row ``start`` on, computed a band
+    at a time as they are asked for. Requests for each part come in increasing order, so bands
+    wholly behind every part's last request are dropped."""
 
-    def __init__(self, bands: Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]):
+    def __init__(self, bands: Iterator[tuple[int, int, torch.Tensor, torch.Tensor]], start: int = 0):
         self.bands = bands
         self.chunks: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
-        self.done = 0
-        self.low = [0, 0]
+        self.done = start
+        self.low = [start, start]
 
     def get(self, lo: int, hi: int, part: int = 0) -> torch.Tensor:
         """Rows ``[lo, hi)`` of the features (``part`` 0) or of the RGB (``part`` 1)."""
@@ -99,17 +101,23 @@ class StreamedRows:
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, 2)
 
 
+def first_row_read(a: int, side: int) -> int:
+    """The first row of the previous block's output (features or RGB skip) that output rows from
+    ``a`` on read."""
+    return min(input_rows(a, a + 1, side)[2], skip_rows(a, a + 1, side)[0])
+
+
 class BandedBlock:
-    """One sample's block, made band by band from a source of its input rows and of its skip rows.
+    """One sample's block, made band by band from sources of its input rows and of its skip rows.
 
     ``conv_up``/``conv`` are the block's :class:`~.stylegan2.StyledConv` layers, ``to_rgb`` its
     :class:`~.stylegan2.ToRGB`; ``styles`` (up, conv, rgb) each ``[1, D]``, ``noises`` (up, conv)
     each ``[1, 1, side, side]``. The weights are modulated once per call, with the activation
-    gain folded in as on the fast path.
+    gain folded in as on the fast path; bands of one block may be made in any order, on any thread.
     """
 
     def __init__(self, conv_up, conv, to_rgb, styles: Sequence[torch.Tensor], noises: Sequence[torch.Tensor],
-                 source, skip_source, in_side: int, like: torch.Tensor, rows: int | None = None):
+                 in_side: int, like: torch.Tensor, rows: int | None = None, skip: bool = True):
         assert conv_up.conv.upsample and conv_up.conv.kernel_size == 3 and conv.conv.kernel_size == 3
         s_up, s_conv, s_rgb = styles
         dtype = like.dtype
@@ -118,25 +126,33 @@ class BandedBlock:
         self.up_noise = float(conv_up.noise.weight * SQRT2)
         self.out_channels = self.up.shape[1]
         self.blur = _depthwise(conv_up.conv.blur.kernel, self.out_channels, like)
-        self.conv = conv.conv.modulated_weight_fast(s_conv, gain=SQRT2)[0].to(dtype)
+        self.side = 2 * in_side
         self.conv_bias = (conv.activate.bias * SQRT2).to(dtype)
+        full = like.new_empty(1).expand(1, self.out_channels, self.side, self.side)
+        if conv.conv.use_winograd(full):  # the shared weight's transform, the style on the maps
+            self.winograd = conv.conv.derived("winograd", conv.conv.weight[0], transform_weight)
+            s, scale = conv.conv.activation_scales(s_conv, SQRT2)
+            self.conv_scales = s[0].to(dtype), scale[0].to(dtype)
+            self.conv = None
+        else:
+            self.winograd = None
+            self.conv = conv.conv.modulated_weight_fast(s_conv, gain=SQRT2)[0].to(dtype)
         self.conv_noise = float(conv.noise.weight * SQRT2)
         self.rgb = to_rgb.conv.modulated_weight_fast(s_rgb)[0].to(dtype)
         self.rgb_bias = to_rgb.bias.to(dtype)
-        self.upsample_kernel = _depthwise(to_rgb.upsample.kernel, 3, like) if skip_source is not None else None
-        self.side = 2 * in_side
+        self.upsample_kernel = _depthwise(to_rgb.upsample.kernel, 3, like) if skip else None
         self.noises = [n.to(dtype) for n in noises]
         assert all(n.shape[-2:] == (self.side, self.side) for n in self.noises), [n.shape for n in noises]
-        self.source, self.skip_source = source, skip_source
         self.rows = rows or band_rows(self.out_channels, self.side, like.element_size())
 
-    def band(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Output rows ``[a, b)``: (features ``[1, out, b - a, side]``, RGB ``[1, 3, b - a, side]``)."""
+    def band(self, a: int, b: int, source, skip_source=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output rows ``[a, b)``: (features ``[1, out, b - a, side]``, RGB ``[1, 3, b - a, side]``),
+        reading input rows from ``source`` and skip rows from ``skip_source`` (``.get(lo, hi, part)``)."""
         side = self.side
         c, d, m0, m1 = input_rows(a, b, side)
         # Up convolution rows [c, d): the transposed convolution of input rows [m0, m1] gives T
         # rows [2 m0, 2 m1 + 2]; the blur reads T rows [c - 1, d + 2), zero outside [0, side].
-        t = F.conv_transpose2d(self.source.get(m0, m1 + 1, 0), self.up, stride=2)
+        t = F.conv_transpose2d(source.get(m0, m1 + 1, 0), self.up, stride=2)
         lo, hi = c - 1, d + 2
         t = t[:, :, max(lo, 0) - 2 * m0: min(hi, side + 1) - 2 * m0]
         if lo < 0 or hi > side + 1:
@@ -146,20 +162,40 @@ class BandedBlock:
         # The 3x3 convolution of rows [a - 1, b + 1) (zero rows beyond the image) gives rows [a, b).
         if a == 0 or b == side:
             u = F.pad(u, [0, 0, int(a == 0), int(b == side)])
-        y = F.conv2d(u, self.conv, self.conv_bias, padding=(0, 1))
+        if self.winograd is not None:
+            y = conv3x3_winograd(u, None, self.conv_bias, transformed=self.winograd, in_scale=self.conv_scales[0],
+                                 out_scale=self.conv_scales[1], halo_rows=True)
+        else:
+            y = F.conv2d(u, self.conv, self.conv_bias, padding=(0, 1))
         y = F.leaky_relu_(y.add_(self.noises[1][:, :, a:b], alpha=self.conv_noise), LRELU_SLOPE)
         rgb = F.conv2d(y, self.rgb) + self.rgb_bias
-        if self.skip_source is not None:
+        if self.upsample_kernel is not None:
             r0, r1 = skip_rows(a, b, side)
-            up = F.conv_transpose2d(self.skip_source.get(r0, r1 + 1, 1), self.upsample_kernel,
+            up = F.conv_transpose2d(skip_source.get(r0, r1 + 1, 1), self.upsample_kernel,
                                     stride=2, padding=(0, 1), groups=3)    # full rows [2 r0, 2 r1 + 3]
             rgb = rgb + up[:, :, a + 1 - 2 * r0: b + 1 - 2 * r0]
         return y, rgb
 
-    def bands(self) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-        for a in range(0, self.side, self.rows):
-            b = min(a + self.rows, self.side)
-            yield (a, b) + self.band(a, b)
+    def bands(self, source, skip_source=None, start: int = 0,
+              stop: int | None = None) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """``(a, b, features, rgb)`` for bands from row ``start`` to ``stop`` (default: the end)."""
+        stop = self.side if stop is None else stop
+        for a in range(start, stop, self.rows):
+            b = min(a + self.rows, stop)
+            yield (a, b) + self.band(a, b, source, skip_source)
+
+
+def chain_bands(blocks: Sequence[BandedBlock], x: torch.Tensor, skip: torch.Tensor | None, start: int = 0,
+                stop: int | None = None) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """Bands of the last of ``blocks`` (consecutive) from row ``start`` to ``stop``, each block
+    reading the one before it from the first row its bands need (:func:`first_row_read`)."""
+    starts = [start]
+    for block in reversed(blocks[1:]):
+        starts.insert(0, first_row_read(starts[0], block.side))
+    source, skip_source = WholeRows(x), None if skip is None else WholeRows(skip)
+    for k, block in enumerate(blocks[:-1]):
+        source = skip_source = StreamedRows(block.bands(source, skip_source, starts[k]), starts[k])
+    return blocks[-1].bands(source, skip_source, start, stop)
 
 
 def blocks_in_bands(layers: Sequence[tuple], x: torch.Tensor, skip: torch.Tensor | None,
@@ -173,23 +209,44 @@ def blocks_in_bands(layers: Sequence[tuple], x: torch.Tensor, skip: torch.Tensor
     """
     assert x.ndim == 4 and x.shape[0] == 1, f"one sample [1, C, H, W], got {tuple(x.shape)}"
     assert x.shape[-1] == x.shape[-2], f"square maps, got {tuple(x.shape)}"
-    source, skip_source, side = WholeRows(x), None if skip is None else WholeRows(skip), x.shape[-1]
-    block = None
-    for conv_up, conv, to_rgb, styles, noises in layers:
-        if block is not None:
-            source = skip_source = StreamedRows(block.bands())
-        block = BandedBlock(conv_up, conv, to_rgb, styles, noises, source, skip_source, side, x, rows)
-        side = block.side
+    blocks, side = [], x.shape[-1]
+    for k, (conv_up, conv, to_rgb, styles, noises) in enumerate(layers):
+        blocks.append(BandedBlock(conv_up, conv, to_rgb, styles, noises, side, x, rows, skip=skip is not None or k > 0))
+        side = blocks[-1].side
+    workers = worker_count(x.device)
+    if workers and rows is None:  # at least SEGMENTS_PER_WORKER bands per worker in the last block
+        last = blocks[-1]
+        last.rows = min(last.rows, max(MIN_BAND_ROWS, last.side // (SEGMENTS_PER_WORKER * workers) // 2 * 2))
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    features = (torch.empty(1, block.out_channels, side, side, dtype=x.dtype, device=x.device, memory_format=fmt)
+    features = (torch.empty(1, blocks[-1].out_channels, side, side, dtype=x.dtype, device=x.device, memory_format=fmt)
                 if keep_features else None)
     image = x.new_empty(1, 3, side, side)
-    for a, b, feat, rgb in block.bands():
-        if features is not None:
-            features[:, :, a:b].copy_(feat)
-        image[:, :, a:b].copy_(rgb)
+
+    def segment(start: int, stop: int) -> None:
+        for a, b, feat, rgb in chain_bands(blocks, x, skip, start, stop):
+            if features is not None:
+                features[:, :, a:b].copy_(feat)
+            image[:, :, a:b].copy_(rgb)
+
+    run_pieces(segment, segments(side, blocks[-1].rows, workers), x.device)
     return features, image
 
 
-__all__ = ["BAND_BYTES", "BandedBlock", "StreamedRows", "WholeRows", "band_rows", "blocks_in_bands",
-           "input_rows", "skip_rows"]
+# Segments per worker: enough for a worker slowed by other load to leave the others more, few
+# enough that the halo rows each segment recomputes in the earlier blocks of a chain stay cheap.
+# Measured at 1024 px on 2 workers, one busy loop beside them (256/512/1024 px blocks): 4
+# segments 2.0-2.3 s per image, 8 segments 2.6-2.9 s.
+SEGMENTS_PER_WORKER = 2
+
+
+def segments(side: int, rows: int, workers: int) -> list[tuple[int, int]]:
+    """Row ranges ``[start, stop)`` of whole bands that cover ``side`` rows: one with no
+    workers, else :data:`SEGMENTS_PER_WORKER` per worker (fewer when there are fewer bands)."""
+    n = max(1, SEGMENTS_PER_WORKER * workers)
+    bands = -(-side // rows)
+    per = -(-bands // n) * rows
+    return [(a, min(a + per, side)) for a in range(0, side, per)]
+
+
+__all__ = ["BAND_BYTES", "BandedBlock", "StreamedRows", "WholeRows", "band_rows", "blocks_in_bands", "chain_bands",
+           "first_row_read", "input_rows", "segments", "skip_rows"]

@@ -25,6 +25,7 @@ from torch import nn
 from .ops import LRELU_SLOPE, SQRT2, Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, blur_fast, \
     set_fast_path, upconv_phase, upconv_phase_kernels
 from .bands import blocks_in_bands
+from .workers import worker_count
 from .derived import DerivedWeights
 from .winograd import conv3x3_winograd, transform_weight, winograd_wins
 
@@ -407,17 +408,28 @@ class Generator(nn.Module):
 
     # On a CPU's fast path the blocks of at least this output side run in bands of rows
     # (models/bands.py): their intermediates stay a few MB instead of fresh 33-134 MB tensors.
-    # Measured per block at batch 1 on 2 threads (AVX-512), whole against 32-row bands:
+    # Measured per block at batch 1 on 2 intra-op threads (AVX-512), whole against 32-row bands:
     # 1024 px 375 vs 265 ms, 512 px 253 vs 215, 256 px 212 vs 179; at 128 px the bands lose
-    # (132 vs 171: the whole block's 3x3 convolution runs by Winograd).
+    # (132 vs 171: the whole block's 3x3 convolution runs by Winograd, a band's on fewer tiles).
     BANDS_FROM = 256
+    # With band workers (models/workers.py: 2-4 threads) the bands run in parallel pieces from
+    # this side on, which is what keeps the 64 and 128 px blocks fast beside other load. Whole
+    # 1024 px image, 2 threads, bands from 256 against from 64: idle 1.03-1.05 s against
+    # 1.04-1.07, one busy loop beside it 1.88-2.21 s against 1.66-1.68 (min of 5).
+    WORKER_BANDS_FROM = 64
+    # From this side on consecutive banded blocks form one chain (no feature map whole); the
+    # blocks below it run on their own, their output whole (the chain's halo would cost more
+    # than a whole 64 or 128 px map).
+    CHAIN_FROM = 256
 
     def use_bands(self, x: torch.Tensor, block: int, styles: Sequence[torch.Tensor]) -> bool:
         """Whether block ``block`` runs band by band for this call: one sample on a CPU's fast
-        path with the transposed up-sampling convolution, at least :data:`BANDS_FROM` px, and
+        path with the transposed up-sampling convolution, at least :data:`BANDS_FROM` px
+        (:data:`WORKER_BANDS_FROM` with band workers), and
         nothing to differentiate (the bands write into preallocated outputs)."""
+        bands_from = self.WORKER_BANDS_FROM if worker_count(x.device) else self.BANDS_FROM
         if not (self.bands and self.conv1.fast and x.shape[0] == 1 and x.device.type == "cpu"
-                and 2 ** (block + 3) >= self.BANDS_FROM and self.convs[2 * block].conv.upsample_impl == "transposed"):
+                and 2 ** (block + 3) >= bands_from and self.convs[2 * block].conv.upsample_impl == "transposed"):
             return False
         if not torch.is_grad_enabled():
             return True
@@ -438,9 +450,15 @@ class Generator(nn.Module):
             x = self.to_block_format(x, j)
             layers = (self.convs[2 * j], self.convs[2 * j + 1], self.to_rgbs[j])
             if self.use_bands(x, j, styles(j)):
+                # below CHAIN_FROM each block runs on its own, its output whole; from there on
+                # the blocks form one chain
+                end = last if 2 ** (j + 3) >= self.CHAIN_FROM else j + 1
                 chain = [(self.convs[2 * k], self.convs[2 * k + 1], self.to_rgbs[k], styles(k), noises(k))
-                         for k in range(j, last)]
-                return blocks_in_bands(chain, x, skip, keep_features=last < len(self.to_rgbs))
+                         for k in range(j, end)]
+                x, skip = blocks_in_bands(chain, x, skip, keep_features=end < len(self.to_rgbs))
+                if end == last:
+                    return x, skip
+                continue
             (s_up, s_conv, s_rgb), (n_up, n_conv) = styles(j), noises(j)
             x = layers[1](layers[0](x, s_up, n_up), s_conv, n_conv)
             skip = layers[2](x, s_rgb, skip)

@@ -99,13 +99,16 @@ MIN_STRIP_TILES = 256
 
 def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None = None,
                      transformed: torch.Tensor | None = None, in_scale: torch.Tensor | None = None,
-                     out_scale: torch.Tensor | None = None, min_strip_tiles: int | None = None) -> torch.Tensor:
+                     out_scale: torch.Tensor | None = None, min_strip_tiles: int | None = None,
+                     halo_rows: bool = False) -> torch.Tensor:
     """``F.conv2d(x * in_scale, weight, bias, padding=1) * out_scale`` (bias added after the
     scale) for one sample ``x [1, in, H, W]`` and ``weight [out, in, 3, 3]``; returns
     ``[1, out, H, W]`` in the memory format of ``x``. ``transformed`` is
     ``transform_weight(weight)`` when the caller has it already (then ``weight`` may be None);
     ``in_scale [in]`` and ``out_scale [out]`` are per-channel factors (StyleGAN2's modulation and
-    demodulation applied to the activations, so the transformed weight can be reused)."""
+    demodulation applied to the activations, so the transformed weight can be reused).
+    ``halo_rows``: the first and last rows of ``x`` are a band's halo, read but not padded
+    around, and the output has ``H - 2`` rows (``padding=(0, 1)``)."""
     assert x.ndim == 4 and x.shape[0] == 1, f"x must be one sample [1, in, H, W], got {tuple(x.shape)}"
     _, in_ch, h, w = x.shape
     if transformed is None:
@@ -120,19 +123,22 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
     out_ch = u.shape[2]
     bt, _, at = transform_matrices(x.dtype, x.device)
 
-    th, tw = -(-h // TILE), -(-w // TILE)
-    # Zero-padded NHWC copy, one pixel of 'same' padding on top/left, enough on the bottom/right
-    # for whole tiles.
+    top = 0 if halo_rows else 1
+    out_h = h - 2 * (1 - top)
+    assert out_h > 0, f"a band with halo rows needs at least 3 rows, got {h}"
+    th, tw = -(-out_h // TILE), -(-w // TILE)
+    # Zero-padded NHWC copy, one pixel of 'same' padding on top (unless the rows bring their own)
+    # and left, enough on the bottom/right for whole tiles.
     hp, wp = th * TILE + 2, tw * TILE + 2
     autograd = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, u, in_scale, out_scale, bias))
     padded = x.new_zeros(hp, wp, in_ch)
     if in_scale is None:
-        padded[1:h + 1, 1:w + 1].copy_(x[0].permute(1, 2, 0))
+        padded[top:top + h, 1:w + 1].copy_(x[0].permute(1, 2, 0))
     elif autograd:
-        padded[1:h + 1, 1:w + 1].copy_(x[0].permute(1, 2, 0) * in_scale.to(x.dtype))  # out= has no autograd
+        padded[top:top + h, 1:w + 1].copy_(x[0].permute(1, 2, 0) * in_scale.to(x.dtype))  # out= has no autograd
     else:
-        torch.mul(x[0].permute(1, 2, 0), in_scale.to(x.dtype), out=padded[1:h + 1, 1:w + 1])
+        torch.mul(x[0].permute(1, 2, 0), in_scale.to(x.dtype), out=padded[top:top + h, 1:w + 1])
     # NHWC with a batch dimension, so that the NCHW view has the standard channels_last strides
     # (libraries pick their kernels by the strides, of size-1 dimensions too).
     out_nhwc = x.new_empty(1, th * TILE, tw * TILE, out_ch)
@@ -162,8 +168,8 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
             strip.add_(bias)
     out = out_nhwc.permute(0, 3, 1, 2)
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    if out.shape[2:] != (h, w):  # a fresh tensor, not a crop with the tiles' strides
-        return out[:, :, :h, :w].clone(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if out.shape[2:] != (out_h, w):  # a fresh tensor, not a crop with the tiles' strides
+        return out[:, :, :out_h, :w].clone(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return out if channels_last else out.contiguous()
 
 
