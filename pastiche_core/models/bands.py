@@ -139,7 +139,7 @@ class BandedBlock:
             self.conv = conv.conv.modulated_weight_fast(s_conv, gain=SQRT2)[0].to(dtype)
         self.conv_noise = float(conv.noise.weight * SQRT2)
         self.rgb = to_rgb.conv.modulated_weight_fast(s_rgb)[0].to(dtype)
-        self.rgb_bias = to_rgb.bias.to(dtype)
+        self.rgb_bias = to_rgb.bias.reshape(-1).to(dtype)
         self.upsample_kernel = _depthwise(to_rgb.upsample.kernel, 3, like) if skip else None
         self.noises = [n.to(dtype) for n in noises]
         assert all(n.shape[-2:] == (self.side, self.side) for n in self.noises), [n.shape for n in noises]
@@ -168,7 +168,7 @@ class BandedBlock:
         else:
             y = F.conv2d(u, self.conv, self.conv_bias, padding=(0, 1))
         y = F.leaky_relu_(y.add_(self.noises[1][:, :, a:b], alpha=self.conv_noise), LRELU_SLOPE)
-        rgb = F.conv2d(y, self.rgb) + self.rgb_bias
+        rgb = F.conv2d(y, self.rgb, self.rgb_bias)
         if self.upsample_kernel is not None:
             r0, r1 = skip_rows(a, b, side)
             up = F.conv_transpose2d(skip_source.get(r0, r1 + 1, 1), self.upsample_kernel,
@@ -216,7 +216,8 @@ def blocks_in_bands(layers: Sequence[tuple], x: torch.Tensor, skip: torch.Tensor
     workers = worker_count(x.device)
     if workers and rows is None:  # at least SEGMENTS_PER_WORKER bands per worker in the last block
         last = blocks[-1]
-        last.rows = min(last.rows, max(MIN_BAND_ROWS, last.side // (SEGMENTS_PER_WORKER * workers) // 2 * 2))
+        per_worker = SEGMENTS_PER_WORKER if len(blocks) > 1 else BLOCK_SEGMENTS_PER_WORKER
+        last.rows = min(last.rows, max(MIN_BAND_ROWS, last.side // (per_worker * workers) // 2 * 2))
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     features = (torch.empty(1, blocks[-1].out_channels, side, side, dtype=x.dtype, device=x.device, memory_format=fmt)
                 if keep_features else None)
@@ -235,8 +236,11 @@ def blocks_in_bands(layers: Sequence[tuple], x: torch.Tensor, skip: torch.Tensor
 # Segments per worker: enough for a worker slowed by other load to leave the others more, few
 # enough that the halo rows each segment recomputes in the earlier blocks of a chain stay cheap.
 # Measured at 1024 px on 2 workers, one busy loop beside them (256/512/1024 px blocks): 4
-# segments 2.0-2.3 s per image, 8 segments 2.6-2.9 s.
+# segments 2.0-2.3 s per image, 8 segments 2.6-2.9 s. A block on its own (64 and 128 px) is cut
+# into bands of this many per worker: its transposed convolution recomputes 4-5 input rows a
+# band (1 per worker: idle 1.04-1.16 s per image, loaded 1.54-1.83; 2: 1.10-1.16, 2.04-2.17).
 SEGMENTS_PER_WORKER = 2
+BLOCK_SEGMENTS_PER_WORKER = 1
 
 
 def segments(side: int, rows: int, workers: int) -> list[tuple[int, int]]:
