@@ -111,7 +111,10 @@ class EqualConv2d(DerivedWeights):
             outs = [conv3x3_winograd(x[b: b + 1], None, self.bias, transformed=u, out_scale=scale)
                     for b in range(x.shape[0])]
             return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
-        return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+        # the scaled weight is kept where it needs no gradient (DerivedWeights): the ModRes convolutions
+        # at 4-8 px would otherwise write a 9 MB weight on every call
+        weight = self.derived("scaled", self.weight, lambda w: w * self.scale) if self.fast else self.weight * self.scale
+        return F.conv2d(x, weight, self.bias, stride=self.stride, padding=self.padding)
 
 
 # --------------------------------------------------------------------------------------------
