@@ -1,3 +1,4 @@
+import contextlib
 import importlib.metadata
 import os
 from pathlib import Path
@@ -16,13 +17,29 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """``n`` intra-op threads inside the block, the count before it afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.fixture
 def single_thread():
     """Tiny ops on a shared 2-core machine run faster (and steadier) on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads (so that banded blocks go to two band workers: models/workers.py)."""
+    with torch_threads(2):
+        yield
 
 
 # --------------------------------------------------------------------------------------------

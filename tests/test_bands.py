@@ -186,15 +186,6 @@ def test_bands_step_aside_where_a_gradient_is_needed(gen512, monkeypatch):
         torch.testing.assert_close(g.synthesis(latent.detach()), image.detach(), atol=2e-5, rtol=0)
 
 
-@pytest.fixture
-def two_threads():
-    """Two intra-op threads, so that the pieces go to two band workers."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_pieces_run_on_single_threaded_workers_in_the_callers_mode(two_threads):
     seen, lock = [], threading.Lock()
 
