@@ -448,20 +448,20 @@ class Generator(nn.Module):
         last = len(self.to_rgbs) if last is None else last
         for j in range(first, last):
             x = self.to_block_format(x, j)
-            layers = (self.convs[2 * j], self.convs[2 * j + 1], self.to_rgbs[j])
-            if self.use_bands(x, j, styles(j)):
+            block_styles = styles(j)  # once per block: DualStyleGAN's are affine maps of the codes
+            if self.use_bands(x, j, block_styles):
                 # below CHAIN_FROM each block runs on its own, its output whole; from there on
                 # the blocks form one chain
                 end = last if 2 ** (j + 3) >= self.CHAIN_FROM else j + 1
-                chain = [(self.convs[2 * k], self.convs[2 * k + 1], self.to_rgbs[k], styles(k), noises(k))
-                         for k in range(j, end)]
+                chain = [(self.convs[2 * k], self.convs[2 * k + 1], self.to_rgbs[k],
+                          block_styles if k == j else styles(k), noises(k)) for k in range(j, end)]
                 x, skip = blocks_in_bands(chain, x, skip, keep_features=end < len(self.to_rgbs))
                 if end == last:
                     return x, skip
                 continue
-            (s_up, s_conv, s_rgb), (n_up, n_conv) = styles(j), noises(j)
-            x = layers[1](layers[0](x, s_up, n_up), s_conv, n_conv)
-            skip = layers[2](x, s_rgb, skip)
+            (s_up, s_conv, s_rgb), (n_up, n_conv) = block_styles, noises(j)
+            x = self.convs[2 * j + 1](self.convs[2 * j](x, s_up, n_up), s_conv, n_conv)
+            skip = self.to_rgbs[j](x, s_rgb, skip)
         return x, skip
 
     # -- latents -----------------------------------------------------------------------------
