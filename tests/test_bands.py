@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pastiche_core.models import DEFAULT_INTERP_WEIGHTS, workers
-from pastiche_core.models.bands import StreamedRows, band_rows, blocks_in_bands, input_rows, skip_rows
+from pastiche_core.models.bands import BandedBlock, StreamedRows, band_rows, blocks_in_bands, chain_bands, input_rows, \
+    skip_rows
 from pastiche_core.reference import fixture_model
 
 # Atol on outputs of unit scale; the bands run the fast path's arithmetic on row slices, so
@@ -133,6 +134,40 @@ def test_chained_blocks_equal_whole_blocks(gen512, dtype):
         feat, banded = blocks_in_bands([layers(g, 5, styles5, noises5), layers(g, 6, styles6, noises6)], x, skip, rows=10)
     assert feat is None and banded.shape == (1, 3, 512, 512)
     torch.testing.assert_close(banded, rgb, atol=TOL[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("start, stop", [(0, 512), (0, 130), (130, 260), (300, 512), (510, 512)])
+def test_a_chain_segment_makes_only_the_rows_read(gen512, monkeypatch, start, stop):
+    """A segment of a chain (rows [start, stop) of the last block): every earlier block makes
+    exactly the rows the next one asks for, no band beyond them (a segment recomputes only the
+    halo of its neighbours), and the segment's rows equal the whole chain's."""
+    g = gen512
+    x, skip, styles5, noises5 = block_inputs(g, 5, torch.float32, seed=1)
+    _, _, styles6, noises6 = block_inputs(g, 6, torch.float32, seed=2)
+    made: dict[int, list] = {256: [], 512: []}
+    asked: list[tuple[int, int]] = []
+    band, get = BandedBlock.band, StreamedRows.get
+
+    def recording_band(self, a, b, source, skip_source=None):
+        made[self.side].append((a, b))
+        return band(self, a, b, source, skip_source)
+
+    def recording_get(self, lo, hi, part=0):
+        asked.append((lo, hi))
+        return get(self, lo, hi, part)
+
+    with torch.inference_mode():
+        blocks = [BandedBlock(*layers(g, 5, styles5, noises5), 128, x, rows=24),
+                  BandedBlock(*layers(g, 6, styles6, noises6), 256, x, rows=10)]
+        whole = torch.cat([rgb for *_, rgb in chain_bands(blocks, x, skip)], 2)
+        monkeypatch.setattr(BandedBlock, "band", recording_band)
+        monkeypatch.setattr(StreamedRows, "get", recording_get)
+        part = torch.cat([rgb for *_, rgb in chain_bands(blocks, x, skip, start, stop)], 2)
+    assert made[512][0][0] == start and made[512][-1][1] == stop
+    first, last = min(lo for lo, _ in asked), max(hi for _, hi in asked)
+    assert made[256][0][0] == first and made[256][-1][1] == last, (made[256], first, last)
+    assert all(b0[1] == b1[0] for b0, b1 in zip(made[256], made[256][1:]))  # each row once
+    torch.testing.assert_close(part, whole[:, :, start:stop], atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("kind", ["stylegan2", "dualstylegan"])

@@ -107,6 +107,12 @@ def first_row_read(a: int, side: int) -> int:
     return min(input_rows(a, a + 1, side)[2], skip_rows(a, a + 1, side)[0])
 
 
+def rows_read_until(b: int, side: int) -> int:
+    """One past the last row of the previous block's output (features or RGB skip) that output
+    rows before ``b`` read."""
+    return max(input_rows(b - 1, b, side)[3], skip_rows(b - 1, b, side)[1]) + 1
+
+
 class BandedBlock:
     """One sample's block, made band by band from sources of its input rows and of its skip rows.
 
@@ -188,13 +194,16 @@ class BandedBlock:
 def chain_bands(blocks: Sequence[BandedBlock], x: torch.Tensor, skip: torch.Tensor | None, start: int = 0,
                 stop: int | None = None) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
     """Bands of the last of ``blocks`` (consecutive) from row ``start`` to ``stop``, each block
-    reading the one before it from the first row its bands need (:func:`first_row_read`)."""
-    starts = [start]
+    making only the rows the next one reads (:func:`first_row_read` to :func:`rows_read_until`):
+    a segment of a chain recomputes the halo rows of its neighbours, never whole bands of them."""
+    stop = blocks[-1].side if stop is None else stop
+    starts, stops = [start], [stop]
     for block in reversed(blocks[1:]):
         starts.insert(0, first_row_read(starts[0], block.side))
+        stops.insert(0, rows_read_until(stops[0], block.side))
     source, skip_source = WholeRows(x), None if skip is None else WholeRows(skip)
     for k, block in enumerate(blocks[:-1]):
-        source = skip_source = StreamedRows(block.bands(source, skip_source, starts[k]), starts[k])
+        source = skip_source = StreamedRows(block.bands(source, skip_source, starts[k], stops[k]), starts[k])
     return blocks[-1].bands(source, skip_source, start, stop)
 
 
@@ -253,4 +262,4 @@ def segments(side: int, rows: int, workers: int) -> list[tuple[int, int]]:
 
 
 __all__ = ["BAND_BYTES", "BandedBlock", "StreamedRows", "WholeRows", "band_rows", "blocks_in_bands", "chain_bands",
-           "first_row_read", "input_rows", "segments", "skip_rows"]
+           "first_row_read", "input_rows", "rows_read_until", "segments", "skip_rows"]
