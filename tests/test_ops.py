@@ -89,8 +89,12 @@ def test_modulated_weight_fast_equals_the_literal_form(dtype, batch, demod, gain
     expected = conv.modulated_weight(style, gain)
     with torch.inference_mode():
         got = conv.to(dtype).modulated_weight_fast(style.to(dtype), gain).double()
+        transposed = conv.modulated_weight_fast(style.to(dtype), gain, transposed=True)
     assert got.shape == expected.shape == (batch, 16, 24, 3, 3)
     assert (got - expected).abs().max().item() <= TOL[dtype] * max(expected.abs().max().item(), 1) * 4
+    # laid out [B, in, out, k, k] for a transposed convolution, each sample contiguous
+    assert transposed.shape == (batch, 24, 16, 3, 3) and transposed[0].is_contiguous()
+    torch.testing.assert_close(transposed.double(), got.transpose(1, 2), atol=0, rtol=0)
 
 
 def test_square_sums_follow_the_weight_and_carry_its_gradient():

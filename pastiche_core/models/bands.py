@@ -127,7 +127,7 @@ class BandedBlock:
         assert conv_up.conv.upsample and conv_up.conv.kernel_size == 3 and conv.conv.kernel_size == 3
         s_up, s_conv, s_rgb = styles
         dtype = like.dtype
-        self.up = conv_up.conv.modulated_weight_fast(s_up, gain=SQRT2)[0].transpose(0, 1).to(dtype)  # [in, out, 3, 3]
+        self.up = conv_up.conv.modulated_weight_fast(s_up, gain=SQRT2, transposed=True)[0].to(dtype)  # [in, out, 3, 3]
         self.up_bias = (conv_up.activate.bias * SQRT2).to(dtype)
         self.up_noise = float(conv_up.noise.weight * SQRT2)
         self.out_channels = self.up.shape[1]

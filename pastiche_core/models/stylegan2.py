@@ -98,13 +98,21 @@ class ModulatedConv2d(DerivedWeights):
             weight = weight * gain
         return weight
 
-    def modulated_weight_fast(self, style: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    def modulated_weight_fast(self, style: torch.Tensor, gain: float = 1.0, transposed: bool = False) -> torch.Tensor:
         """:meth:`modulated_weight` in one pass over the weight: the demodulation is
         ``rsqrt(sum_i s_i^2 * sum_kk w_oikk^2)``, the same sum regrouped, so the ``[B, out, in]``
         factor is built first and multiplied in once (the literal form takes four passes over a
-        2.4M-element tensor per 512-channel layer)."""
+        2.4M-element tensor per 512-channel layer). ``transposed``: laid out ``[B, in, out, k, k]``,
+        as a transposed convolution takes it (made in that layout from the kept
+        :meth:`transposed_weight`, not copied into it on every call)."""
         s, d = self.activation_scales(style, gain)                            # [B, in], [B, out]
+        if transposed:
+            return self.transposed_weight() * (s[:, :, None] * d[:, None, :])[..., None, None]
         return self.weight * (d[:, :, None] * s[:, None, :])[..., None, None]
+
+    def transposed_weight(self) -> torch.Tensor:
+        """The shared weight as ``[in, out, k, k]``, contiguous (kept: :class:`~.derived.DerivedWeights`)."""
+        return self.derived("transposed", self.weight[0], lambda w: w.transpose(0, 1).contiguous())
 
     def weight_square_sums(self) -> torch.Tensor:
         """``sum over the kernel of weight^2``, ``[out, in]`` (kept: :class:`~.derived.DerivedWeights`)."""
@@ -182,7 +190,7 @@ class ModulatedConv2d(DerivedWeights):
         if self.upsample and self.upsample_impl == "phase":
             out = None  # the phase convolution runs below, with the blur
         elif self.upsample:
-            out = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
+            out = F.conv_transpose2d(x, self.transposed_weight(), stride=2)
         else:
             out = F.conv2d(x, w, padding=self.padding)
         if out is None:
@@ -192,15 +200,19 @@ class ModulatedConv2d(DerivedWeights):
         out = out * scale[:, :, None, None]
         return out if bias is None else out + bias.view(1, -1, 1, 1)
 
-    def conv_per_sample(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Fast path: one dense convolution per sample (no grouped conv, no zero insertion)."""
+    def conv_per_sample(self, x: torch.Tensor, style: torch.Tensor, gain: float = 1.0,
+                        bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Fast path: one dense convolution per sample with its modulated weight (no grouped conv,
+        no zero insertion)."""
+        transposed = self.upsample and self.upsample_impl == "transposed"
+        weight = self.modulated_weight_fast(style, gain, transposed=transposed)
         outs = []
         for b in range(x.shape[0]):
             xb, wb = x[b: b + 1], weight[b]
             if self.upsample and self.upsample_impl == "phase":
                 ob = upconv_phase(xb, upconv_phase_kernels(wb), self.blur.kernel, bias)
             elif self.upsample:
-                ob = blur_fast(F.conv_transpose2d(xb, wb.transpose(0, 1), stride=2), self.blur.kernel, self.blur.pad, bias)
+                ob = blur_fast(F.conv_transpose2d(xb, wb, stride=2), self.blur.kernel, self.blur.pad, bias)
             else:
                 ob = F.conv2d(xb, wb, bias, padding=self.padding)
             outs.append(ob)
@@ -229,7 +241,7 @@ class ModulatedConv2d(DerivedWeights):
             return self.conv_batched(x, style)
         if route == "winograd":
             return self.conv_winograd(x, style)
-        return self.conv_per_sample(x, self.modulated_weight_fast(style))
+        return self.conv_per_sample(x, style)
 
 
 class NoiseInjection(nn.Module):
@@ -277,8 +289,7 @@ class StyledConv(nn.Module):
         elif route == "winograd":
             out = self.conv.conv_winograd(x, style, SQRT2, self.activate.bias * SQRT2)
         else:
-            weight = self.conv.modulated_weight_fast(style, gain=SQRT2)
-            out = self.conv.conv_per_sample(x, weight, self.activate.bias * SQRT2)
+            out = self.conv.conv_per_sample(x, style, SQRT2, self.activate.bias * SQRT2)
         out = out.addcmul_(noise.to(out.dtype), self.noise.weight * SQRT2)
         return F.leaky_relu_(out, LRELU_SLOPE)
 
