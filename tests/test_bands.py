@@ -5,15 +5,25 @@ import threading
 import pytest
 import torch
 
-from pastiche_core.models import DEFAULT_INTERP_WEIGHTS, workers
+from pastiche_core.models import DEFAULT_INTERP_WEIGHTS, bands, nnpack, workers
 from pastiche_core.models.bands import BandedBlock, StreamedRows, band_rows, blocks_in_bands, chain_bands, input_rows, \
     skip_rows
 from pastiche_core.reference import fixture_model
 
 # Atol on outputs of unit scale; the bands run the fast path's arithmetic on row slices, so
-# only the summation order inside the library's kernels differs.
+# only the summation order inside the library's kernels differs (tests that compare the band
+# logic take NNPACK out: `same_arithmetic`).
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
 DTYPES = list(TOL)
+# On band workers the float32 3x3 convolutions from 64 channels run by NNPACK's Winograd F(6x6, 3x3)
+# (models/nnpack.py), up to 7e-5 from the direct convolution on maps of unit scale.
+NNPACK_TOL = 1.5e-4
+
+
+@pytest.fixture
+def same_arithmetic(monkeypatch):
+    """The bands' 3x3 convolutions as the whole blocks run them (no NNPACK)."""
+    monkeypatch.setattr(bands, "nnpack_wins", lambda *args: False)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +116,7 @@ def test_streamed_rows_serve_increasing_requests_and_forget_old_bands():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [8, 18, 200])
-def test_one_block_in_bands_equals_the_whole_block(gen512, dtype, rows):
+def test_one_block_in_bands_equals_the_whole_block(gen512, dtype, rows, same_arithmetic):
     """Band heights that divide the side, that leave a short last band, and one band."""
     g = gen512.to(dtype)
     j = 5  # 128 -> 256 px, 256 -> 128 channels
@@ -123,7 +133,7 @@ def test_one_block_in_bands_equals_the_whole_block(gen512, dtype, rows):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_chained_blocks_equal_whole_blocks(gen512, dtype):
+def test_chained_blocks_equal_whole_blocks(gen512, dtype, same_arithmetic):
     """256 then 512 px: the second block reads the first one's rows as they are made."""
     g = gen512.to(dtype)
     x, skip, styles5, noises5 = block_inputs(g, 5, dtype, seed=1)
@@ -194,8 +204,37 @@ def test_models_in_bands_equal_whole_blocks(kind):
         model.use_fast_path(False)
         reference = run()
     assert banded.shape == (2, 3, 512, 512)
-    torch.testing.assert_close(banded, whole, atol=2e-5, rtol=0)
+    torch.testing.assert_close(banded, whole, atol=NNPACK_TOL if nnpack.nnpack_ready() else 2e-5, rtol=0)
     torch.testing.assert_close(banded, reference, atol=2e-4, rtol=0)  # the fixture tolerance
+
+
+@pytest.mark.skipif(not nnpack.nnpack_ready(), reason="this torch has no NNPACK for this CPU")
+def test_band_workers_run_the_wide_3x3_convolutions_by_nnpack(gen512, two_threads, monkeypatch):
+    """On band workers (one thread each) the 128- and 64-channel convolutions of the 256 and
+    512 px blocks run by NNPACK, within its tolerance of the whole blocks; on a caller running
+    two threads they do not (NNPACK's pool is one thread: models/nnpack.py)."""
+    g = gen512
+    x, skip, styles5, noises5 = block_inputs(g, 5, torch.float32, seed=1)
+    _, _, styles6, noises6 = block_inputs(g, 6, torch.float32, seed=2)
+    chain = [layers(g, 5, styles5, noises5), layers(g, 6, styles6, noises6)]
+    calls = []
+
+    def spy(u, weight, bias=None, padding=(1, 1)):
+        calls.append((weight.shape[0], torch.get_num_threads()))
+        return nnpack.conv3x3_nnpack(u, weight, bias, padding)
+
+    monkeypatch.setattr(bands, "conv3x3_nnpack", spy)
+    with torch.inference_mode():
+        out, rgb = whole_block(g, 5, x, skip, styles5, noises5)
+        feat, rgb = whole_block(g, 6, out, rgb, styles6, noises6)
+        bfeat, brgb = blocks_in_bands(chain, x, skip, keep_features=True)
+        assert {c for c, _ in calls} == {128, 64} and {t for _, t in calls} == {1}
+        calls.clear()
+        monkeypatch.setattr(workers, "MAX_WORKERS", 0)  # the bands in order, on this thread's two
+        blocks_in_bands(chain, x, skip)
+        assert calls == []
+    torch.testing.assert_close(bfeat, feat, atol=NNPACK_TOL, rtol=0)
+    torch.testing.assert_close(brgb, rgb, atol=NNPACK_TOL, rtol=0)
 
 
 def test_bands_step_aside_where_a_gradient_is_needed(gen512, monkeypatch):
@@ -256,7 +295,7 @@ def test_piece_errors_reach_the_caller_and_pieces_do_not_nest(two_threads):
     assert len(names) == 4 and all(len(n) == 1 for n in names)  # nested pieces ran in order, on their worker
 
 
-def test_bands_on_workers_equal_bands_in_order(gen512, two_threads, monkeypatch):
+def test_bands_on_workers_equal_bands_in_order(gen512, two_threads, monkeypatch, same_arithmetic):
     g = gen512
     latent = torch.randn(1, g.n_latent, 512, generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():

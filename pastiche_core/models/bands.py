@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .ops import LRELU_SLOPE, SQRT2, _depthwise
+from .nnpack import conv3x3_nnpack, nnpack_wins, single_threaded
 from .winograd import conv3x3_winograd, transform_weight
 from .workers import run_pieces, worker_count
 
@@ -135,14 +136,16 @@ class BandedBlock:
         self.side = 2 * in_side
         self.conv_bias = (conv.activate.bias * SQRT2).to(dtype)
         full = like.new_empty(1).expand(1, self.out_channels, self.side, self.side)
+        # The 3x3 convolution: by NNPACK where it wins and the band runs on one thread (a band
+        # worker), else by our Winograd where that wins, else directly.
+        self.nnpack = conv.conv.winograd and nnpack_wins(full, self.out_channels, self.out_channels)
+        self.winograd = None
         if conv.conv.use_winograd(full):  # the shared weight's transform, the style on the maps
             self.winograd = conv.conv.derived("winograd", conv.conv.weight[0], transform_weight)
             s, scale = conv.conv.activation_scales(s_conv, SQRT2)
             self.conv_scales = s[0].to(dtype), scale[0].to(dtype)
-            self.conv = None
-        else:
-            self.winograd = None
-            self.conv = conv.conv.modulated_weight_fast(s_conv, gain=SQRT2)[0].to(dtype)
+        self.conv = (conv.conv.modulated_weight_fast(s_conv, gain=SQRT2)[0].to(dtype)
+                     if self.nnpack or self.winograd is None else None)
         self.conv_noise = float(conv.noise.weight * SQRT2)
         self.rgb = to_rgb.conv.modulated_weight_fast(s_rgb)[0].to(dtype)
         self.rgb_bias = to_rgb.bias.reshape(-1).to(dtype)
@@ -168,7 +171,9 @@ class BandedBlock:
         # The 3x3 convolution of rows [a - 1, b + 1) (zero rows beyond the image) gives rows [a, b).
         if a == 0 or b == side:
             u = F.pad(u, [0, 0, int(a == 0), int(b == side)])
-        if self.winograd is not None:
+        if self.nnpack and single_threaded():
+            y = conv3x3_nnpack(u, self.conv, self.conv_bias, padding=(0, 1))
+        elif self.winograd is not None:
             y = conv3x3_winograd(u, None, self.conv_bias, transformed=self.winograd, in_scale=self.conv_scales[0],
                                  out_scale=self.conv_scales[1], halo_rows=True)
         else:

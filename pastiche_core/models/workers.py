@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from .nnpack import make_pool_single_threaded
+
 MAX_WORKERS = 4
 
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -40,6 +42,7 @@ def _start_worker(ready: threading.Barrier) -> None:
     _local.in_worker = True
     torch.set_num_threads(1)
     torch.get_num_threads()  # fixes this thread's count now (torch reads the global one lazily)
+    make_pool_single_threaded()  # so that the workers' NNPACK calls run side by side (models/nnpack.py)
     ready.wait()
 
 
