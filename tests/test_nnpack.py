@@ -52,14 +52,14 @@ def test_where_nnpack_wins(monkeypatch):
     x = torch.zeros(1)
     monkeypatch.setattr(nnpack, "nnpack_ready", lambda: True)
     with torch.inference_mode():
-        assert nnpack_wins(x, 64, 64) and nnpack_wins(x, 512, 256)
-        assert not nnpack_wins(x, 32, 32) and not nnpack_wins(x, 64, 32)           # below MIN_CHANNELS
-        assert not nnpack_wins(x.double(), 64, 64) and not nnpack_wins(x.half(), 64, 64)  # float32 only
-        assert not nnpack_wins(torch.zeros(1, device="meta"), 64, 64)              # CPU only
-    assert not nnpack_wins(x, 64, 64)                                              # autograd on
+        assert nnpack_wins(x, 128, 128) and nnpack_wins(x, 512, 256)
+        assert not nnpack_wins(x, 64, 64) and not nnpack_wins(x, 128, 64)         # below MIN_CHANNELS
+        assert not nnpack_wins(x.double(), 128, 128) and not nnpack_wins(x.half(), 128, 128)  # float32 only
+        assert not nnpack_wins(torch.zeros(1, device="meta"), 128, 128)            # CPU only
+    assert not nnpack_wins(x, 128, 128)                                            # autograd on
     monkeypatch.setattr(nnpack, "nnpack_ready", lambda: False)
     with torch.inference_mode():
-        assert not nnpack_wins(x, 64, 64)
+        assert not nnpack_wins(x, 128, 128)
 
 
 def test_the_pool_is_made_only_from_one_thread(two_threads):

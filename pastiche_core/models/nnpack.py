@@ -4,10 +4,10 @@ NNPACK computes a 3x3, stride-1 convolution by Winograd F(6x6, 3x3) with hand-ve
 transforms (AVX2/FMA on x86-64): 64 products for each 6x6 block of output instead of 324. PyTorch's
 CPU builds ship it, but reach it only for batches of 16 or more; ``torch._nnpack_spatial_convolution``
 is its entry point for one NCHW float32 sample. Our own Winograd (:mod:`.winograd`) spends more on
-its transforms than it saves below 256 channels; NNPACK's win from 64 channels up.
+its transforms than it saves below 256 channels; NNPACK's win from 128 channels up.
 
 Measured on one thread of a 2-core AVX-512 CPU, on one band (34 rows in, channels last, the
-layout change both ways included; the direct convolution is oneDNN's):
+layout change both ways included; the direct convolution is oneDNN's), the band in cache:
 
 =====================  ======  ===================  ===============
 channels x width       direct  ours (Winograd)      NNPACK
@@ -18,6 +18,10 @@ channels x width       direct  ours (Winograd)      NNPACK
 64 x 512               11 ms   (loses to direct)    8.0 ms
 32 x 1024              5.8 ms  (loses to direct)    6.9 ms (loses)
 =====================  ======  ===================  ===============
+
+Inside the whole 1024 px image the band comes from memory and the layout changes cost twice as
+much: NNPACK from 64 channels and from 128 channels tie (median 892 and 895 ms, interleaved in one
+process); from 256 channels only is slower (943 ms). So it starts at 128.
 
 Its results differ from the direct convolution's by up to 7e-5 on outputs of unit scale (F(6, 3)
 has larger transform constants than our F(4, 3): 4-9e-5); on a whole 1024 px image the fast
@@ -38,8 +42,8 @@ import platform
 
 import torch
 
-# From this many input and output channels NNPACK beats oneDNN's direct convolution (table above).
-MIN_CHANNELS = 64
+# From this many input and output channels NNPACK beats oneDNN's direct convolution (see above).
+MIN_CHANNELS = 128
 
 
 @functools.cache
