@@ -58,11 +58,13 @@ class PixelNorm(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Equalised learning-rate layers
 # --------------------------------------------------------------------------------------------
-class EqualLinear(nn.Module):
+class EqualLinear(DerivedWeights):
     """Linear layer with run-time weight scaling ``lr_mul / sqrt(in)``.
 
     Stored ``weight [out, in]`` and ``bias [out]`` are the official tensors; ``activation``
-    ``"fused_lrelu"`` adds the scaled bias inside the fused leaky ReLU.
+    ``"fused_lrelu"`` adds the scaled bias inside the fused leaky ReLU. The scaled weight is
+    kept where it needs no gradient (:class:`~.derived.DerivedWeights`): a forward pass runs
+    some 30 of these 512x512 layers (mapping networks, colour transforms, modulations).
     """
 
     def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0,
@@ -76,9 +78,10 @@ class EqualLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias * self.lr_mul if self.bias is not None else None
+        weight = self.derived("scaled", self.weight, lambda w: w * self.scale)
         if self.activation:
-            return fused_leaky_relu(F.linear(x, self.weight * self.scale), bias)
-        return F.linear(x, self.weight * self.scale, bias)
+            return fused_leaky_relu(F.linear(x, weight), bias)
+        return F.linear(x, weight, bias)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}, activation={self.activation}"
