@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import threading
 
 import torch
 
@@ -72,12 +73,16 @@ def single_threaded() -> bool:
     return torch.get_num_threads() == 1
 
 
+_first_call = threading.Lock()
+
+
 def make_pool_single_threaded() -> None:
     """Make NNPACK's first call now, from a thread running one intra-op thread, so that its pool
-    is one thread (a no-op once the pool exists, and where NNPACK is missing)."""
+    is one thread (a no-op once the pool exists, and where NNPACK is missing). Workers starting
+    together take turns: torch makes the pool on a first call without a lock."""
     assert single_threaded(), "call from a thread running one intra-op thread"
     if nnpack_ready():
-        with torch.no_grad():
+        with _first_call, torch.no_grad():
             torch._nnpack_spatial_convolution(torch.zeros(1, 1, 3, 3), torch.zeros(1, 1, 3, 3), None, [1, 1], [1, 1])
 
 
