@@ -65,3 +65,21 @@ def test_where_nnpack_wins(monkeypatch):
 def test_the_pool_is_made_only_from_one_thread(two_threads):
     with pytest.raises(AssertionError, match="one intra-op thread"):
         nnpack.make_pool_single_threaded()
+
+
+def test_a_failing_nnpack_call_falls_back_to_the_direct_convolution(monkeypatch, single_thread):
+    """NNPACK reports only a status; a failure warns once and the process keeps to oneDNN."""
+    def failing(*args):
+        raise RuntimeError("NNPACK SpatialConvolution_updateOutput failed")
+
+    monkeypatch.setattr(nnpack, "_initialised", lambda: True)
+    monkeypatch.setattr(nnpack, "_failed", [])
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", failing)
+    x = torch.randn(1, 128, 10, 12).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(128, 128, 3, 3) / 34, torch.randn(128)
+    with torch.inference_mode():
+        assert nnpack_wins(x, 128, 128)
+        with pytest.warns(RuntimeWarning, match="NNPACK failed"):
+            got = conv3x3_nnpack(x, weight, bias, (0, 1))
+        torch.testing.assert_close(got, F.conv2d(x, weight, bias, padding=(0, 1)), atol=0, rtol=0)
+        assert not nnpack_wins(x, 128, 128) and not nnpack_ready()

@@ -40,23 +40,33 @@ from __future__ import annotations
 import functools
 import platform
 import threading
+import warnings
 
 import torch
+import torch.nn.functional as F
 
 # From this many input and output channels NNPACK beats oneDNN's direct convolution (see above).
 MIN_CHANNELS = 128
 
 
+_failed: list[str] = []  # why NNPACK was given up in this process, if it was
+
+
 @functools.cache
-def nnpack_ready() -> bool:
-    """Whether this torch ships NNPACK and it initialises on this CPU (x86-64, where it was
-    measured; ``torch._nnpack_available`` also initialises the library, which every call needs)."""
+def _initialised() -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     try:
         return bool(torch._nnpack_available()) and hasattr(torch, "_nnpack_spatial_convolution")
     except Exception:  # noqa: BLE001 - a build without the symbol, or an initialisation failure
         return False
+
+
+def nnpack_ready() -> bool:
+    """Whether this torch ships NNPACK, it initialises on this CPU (x86-64, where it was
+    measured; ``torch._nnpack_available`` also initialises the library, which every call needs)
+    and no call of it has failed in this process."""
+    return not _failed and _initialised()
 
 
 def nnpack_wins(x: torch.Tensor, in_channels: int, out_channels: int) -> bool:
@@ -103,12 +113,21 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
 def conv3x3_nnpack(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                    padding: tuple[int, int] = (1, 1)) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=padding)`` for one channels-last float32 sample
-    ``x [1, in, H, W]`` and ``weight [out, in, 3, 3]``, by NNPACK; channels-last output."""
+    ``x [1, in, H, W]`` and ``weight [out, in, 3, 3]``, by NNPACK; channels-last output. Where
+    NNPACK is missing or a call of it fails (with a warning, once: the process then keeps to
+    oneDNN), by the direct convolution."""
     assert x.ndim == 4 and x.shape[0] == 1 and x.dtype == torch.float32, \
         f"one float32 sample [1, C, H, W], got {tuple(x.shape)} {x.dtype}"
     assert weight.shape[1:] == (x.shape[1], 3, 3), f"weight must be [out, {x.shape[1]}, 3, 3], got {tuple(weight.shape)}"
-    out = torch._nnpack_spatial_convolution(to_nchw(x), weight.contiguous(), bias, list(padding), [1, 1])
-    return to_channels_last(out)
+    if nnpack_ready():
+        try:
+            out = torch._nnpack_spatial_convolution(to_nchw(x), weight.contiguous(), bias, list(padding), [1, 1])
+            return to_channels_last(out)
+        except RuntimeError as error:  # NNPACK reports only a status (its workspace, an odd shape)
+            _failed.append(str(error))
+            warnings.warn(f"NNPACK failed ({error}); 3x3 convolutions take oneDNN's direct path from now on",
+                          RuntimeWarning, stacklevel=2)
+    return F.conv2d(x, weight, bias, padding=padding)
 
 
 __all__ = ["MIN_CHANNELS", "conv3x3_nnpack", "make_pool_single_threaded", "nnpack_ready", "nnpack_wins",
