@@ -16,7 +16,9 @@ Every layer is local in rows, so output rows ``[a, b)`` need only a few rows of 
 block's inputs (:func:`input_rows`, :func:`skip_rows`); each band recomputes its halo of the
 transposed convolution. The arithmetic is the fast path's (the same modulated weights, bias and
 noise folded in with the activation gain), so bands agree with whole blocks to float rounding
-(``tests/test_bands.py``).
+(``tests/test_bands.py``), except that a band on one thread (a band worker) runs its float32
+3x3 convolution from 128 channels by NNPACK's Winograd F(6x6, 3x3) (:mod:`.nnpack`: up to 7e-5
+from the direct convolution on maps of unit scale).
 """
 from __future__ import annotations
 
