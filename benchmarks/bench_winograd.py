@@ -24,6 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pastiche_core.models import nnpack  # noqa: E402
 from pastiche_core.models.winograd import conv3x3_winograd, transform_weight  # noqa: E402
+from pastiche_core.models.workers import torch_threads  # noqa: E402
 
 SHAPES = [(512, 16), (512, 32), (512, 64), (256, 128), (128, 256), (64, 512), (32, 1024)]
 
@@ -44,7 +45,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--shapes", nargs="*", default=None, help="ch@px, e.g. 512@64")
     a = ap.parse_args()
-    with _threads(1):
+    with torch_threads(1):
         nnpack.make_pool_single_threaded()  # before anything else calls NNPACK: a one-thread pool
     torch.set_num_threads(a.threads)
     shapes = SHAPES if not a.shapes else [tuple(int(v) for v in s.split("@")) for s in a.shapes]
@@ -81,18 +82,6 @@ def main() -> None:
         print(f"{ch:>4}@{px:<4} {t_d:10.1f} {t_p:12.1f} {t_c:10.1f} {t_d / t_c:8.2f} {t_n:10.1f} "
               f"{e_d:11.2e} {e_c:11.2e} {e_n:11.2e}", flush=True)
 
-
-class _threads:
-    """``n`` intra-op threads inside the block."""
-
-    def __init__(self, n: int):
-        self.n, self.old = n, torch.get_num_threads()
-
-    def __enter__(self):
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.old)
 
 if __name__ == "__main__":
     main()

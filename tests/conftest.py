@@ -1,10 +1,11 @@
-import contextlib
 import importlib.metadata
 import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from pastiche_core.models.workers import torch_threads
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -15,17 +16,6 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """``n`` intra-op threads inside the block, the count before it afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ hands work to the pool itself (it runs in order instead), so pieces cannot wait 
 """
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -28,6 +29,17 @@ MAX_WORKERS = 4
 _pools: dict[int, ThreadPoolExecutor] = {}
 _lock = threading.Lock()
 _local = threading.local()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """``n`` intra-op threads on this thread inside the block, the count before it afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def worker_count(device: torch.device | str = "cpu") -> int:
@@ -86,4 +98,4 @@ def run_pieces(piece: Callable, args: Sequence[tuple], device: torch.device | st
             raise error
 
 
-__all__ = ["MAX_WORKERS", "run_pieces", "worker_count"]
+__all__ = ["MAX_WORKERS", "run_pieces", "torch_threads", "worker_count"]
