@@ -12,6 +12,13 @@ with truncation 0.7 and the default layer weights, on the deterministic fixture 
 Every fast-path row also reports its difference from the reference path (max |diff| and PSNR
 of the [-1, 1] image), so speed and exactness are read in the same table.
 
+Each configuration is timed ``--repeats`` times after one warm-up call and reports the fastest
+(``s_per_img``), the median (``median_s``) and every repeat (``times_s``): this shared machine's
+speed drifts by 15-30 % within minutes, and the minimum of several calls is the estimate least
+moved by that. Before each configuration the runner waits ``--settle`` seconds, so that the
+previous configuration's process (up to 11 GB for the literal paths at batch 4) has exited and
+its memory is back with the kernel before the next one is timed. Every path gets the same.
+
 Paths: ``official`` (with --official), ``reference`` (our literal ops), ``fast`` (the default
 fast path), ``fast-<impl>`` for each up-sampling convolution of the fast path
 (``fast-transposed``, ``fast-phase``: see ``stylegan2.UPSAMPLE_IMPLS``) and ``fast-direct`` (the
@@ -143,6 +150,7 @@ def run_one(size: int, batch: int, dtype_name: str, path: str, device: str, repe
         np.save(reference_file, image.float().cpu().numpy())
     row = {"size": size, "batch": batch, "dtype": dtype_name, "path": path + ("+compile" if compile_model else ""),
            "device": device, "s_per_img": min(times) / batch, "median_s": sorted(times)[len(times) // 2],
+           "times_s": [round(t, 4) for t in times],
            "warmup_s": warmup, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "threads": torch.get_num_threads()}
     if device == "cuda":
@@ -166,7 +174,9 @@ def main() -> int:
                         help="also time the official implementation from a checkout of the official DualStyleGAN "
                              "repository (its model/ folder; run with its CPU ops) in the same run")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per configuration (default 5)")
+    parser.add_argument("--settle", type=float, default=2.0,
+                        help="seconds to wait before each configuration (default 2; see the module doc)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads, the same for every path (default 2; 0: torch's default)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the fast path")
@@ -200,6 +210,7 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory()
     for size, batch, dtype, path, comp in configs:
         ref_file = str(Path(tmp.name) / f"reference_{size}_{batch}.npy")
+        time.sleep(args.settle)
         cfg = dict(size=size, batch=batch, dtype_name=dtype, path=path, device=args.device, repeats=args.repeats,
                    threads=args.threads, compile_model=comp, reference_file=ref_file, official_dir=args.official)
         proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)], capture_output=True, text=True,
