@@ -73,6 +73,7 @@ def test_transform_weight_layout():
 
 def test_gradients_match_direct_convolution():
     x, weight, bias = sample(6, 4, 7, 10, torch.float64, seed=4)
+    x = torch.cat([x, x.flip(-2)])
     grads = []
     for conv in (conv3x3_winograd, lambda a, b, c: F.conv2d(a, b, c, padding=1)):
         leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
@@ -82,17 +83,46 @@ def test_gradients_match_direct_convolution():
         torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("bad", ["batch", "kernel", "channels"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("strip_tiles", [1, 7, 1 << 30])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_batch_goes_through_one_matmul_with_per_sample_scales(dtype, strip_tiles, channels_last):
+    """Three samples, each with its own input and output scales (a modulated layer's styles), in
+    strips of one tile row, of tile rows of several samples, and whole: each sample equals its
+    own direct convolution, and the output keeps the input's memory format."""
+    x, weight, bias = sample(16, 12, 10, 9, dtype, seed=7)
+    x = torch.cat([x, -x, 2 * x.flip(-1)])
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(8)
+    s_in = torch.rand(3, 16, generator=g, dtype=torch.float64).to(dtype) + 0.5
+    s_out = torch.rand(3, 12, generator=g, dtype=torch.float64).to(dtype) + 0.5
+    out = conv3x3_winograd(x, None, bias, transformed=transform_weight(weight), in_scale=s_in, out_scale=s_out,
+                           min_strip_tiles=strip_tiles)
+    assert out.shape == (3, 12, 10, 9) and out.stride() == F.conv2d(x, weight, bias, padding=1).stride()
+    for b in range(3):
+        exact = F.conv2d(x[b:b + 1].double() * s_in[b].double()[:, None, None], weight.double(), padding=1) \
+            * s_out[b].double()[:, None, None] + bias.double()[:, None, None]
+        torch.testing.assert_close(out[b:b + 1].double(), exact, atol=TOL[dtype], rtol=0)
+    shared = conv3x3_winograd(x, weight, bias, in_scale=s_in[0], out_scale=s_out[0])  # [C]: the same for all
+    torch.testing.assert_close(shared.double(), (F.conv2d(x.double() * s_in[0].double()[:, None, None], weight.double(),
+                                                          padding=1) * s_out[0].double()[:, None, None]
+                                                 + bias.double()[:, None, None]), atol=TOL[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("bad", ["kernel", "channels", "in_scale", "out_scale"])
 def test_bad_shapes_are_refused(bad):
     x, weight, _ = sample(4, 4, 8, 8, torch.float32)
-    if bad == "batch":
-        x = x.expand(2, -1, -1, -1)
-    elif bad == "kernel":
+    x = x.expand(2, -1, -1, -1)
+    scales = {}
+    if bad == "kernel":
         weight = weight[:, :, :2, :2]
-    else:
+    elif bad == "channels":
         weight = weight[:, :3]
-    with pytest.raises(AssertionError, match="one sample" if bad == "batch" else "weight must be"):
-        conv3x3_winograd(x, weight)
+    else:
+        scales[bad] = torch.ones(3, 4)  # three rows for two samples
+    with pytest.raises(AssertionError, match=f"{bad} must be" if "scale" in bad else "weight must be"):
+        conv3x3_winograd(x, weight, **scales)
 
 
 # -- in the modulated convolutions ------------------------------------------------------------
@@ -116,9 +146,7 @@ def test_modulated_conv_winograd_matches_reference(dtype, batch):
     style = torch.randn(batch, 64, generator=g, dtype=torch.float64).to(dtype)
     noise = torch.randn(batch, 1, 16, 20, generator=g, dtype=torch.float64).to(dtype)
     with torch.no_grad():
-        # batch 2 at 16x20 runs the batched path; force per-sample so Winograd is what is tested
-        conv.BATCHED_MAX_PIXELS = styled.conv.BATCHED_MAX_PIXELS = 0
-        assert conv.use_winograd(x) and styled.conv.use_winograd(x)
+        assert conv.route(x) == styled.conv.route(x) == "winograd"  # batches too: one batched matmul
         outs = {}
         for on in (True, False):
             conv.winograd = styled.conv.winograd = on

@@ -102,15 +102,16 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
                      out_scale: torch.Tensor | None = None, min_strip_tiles: int | None = None,
                      halo_rows: bool = False) -> torch.Tensor:
     """``F.conv2d(x * in_scale, weight, bias, padding=1) * out_scale`` (bias added after the
-    scale) for one sample ``x [1, in, H, W]`` and ``weight [out, in, 3, 3]``; returns
-    ``[1, out, H, W]`` in the memory format of ``x``. ``transformed`` is
-    ``transform_weight(weight)`` when the caller has it already (then ``weight`` may be None);
-    ``in_scale [in]`` and ``out_scale [out]`` are per-channel factors (StyleGAN2's modulation and
-    demodulation applied to the activations, so the transformed weight can be reused).
-    ``halo_rows``: the first and last rows of ``x`` are a band's halo, read but not padded
+    scale) for ``x [B, in, H, W]`` and ``weight [out, in, 3, 3]``; returns ``[B, out, H, W]`` in
+    the memory format of ``x``. The tiles of all samples go through one batched matmul, so a batch
+    reads the transformed weight once. ``transformed`` is ``transform_weight(weight)`` when the
+    caller has it already (then ``weight`` may be None); ``in_scale`` (``[in]`` or per sample
+    ``[B, in]``) and ``out_scale`` (``[out]`` or ``[B, out]``) are per-channel factors (StyleGAN2's
+    modulation and demodulation applied to the activations, so the transformed weight can be
+    reused). ``halo_rows``: the first and last rows of ``x`` are a band's halo, read but not padded
     around, and the output has ``H - 2`` rows (``padding=(0, 1)``)."""
-    assert x.ndim == 4 and x.shape[0] == 1, f"x must be one sample [1, in, H, W], got {tuple(x.shape)}"
-    _, in_ch, h, w = x.shape
+    assert x.ndim == 4, f"x must be [B, in, H, W], got {tuple(x.shape)}"
+    batch, in_ch, h, w = x.shape
     if transformed is None:
         assert weight is not None and weight.ndim == 4 and weight.shape[2:] == (3, 3) and weight.shape[1] == in_ch, \
             f"weight must be [out, {in_ch}, 3, 3], got {None if weight is None else tuple(weight.shape)}"
@@ -118,9 +119,10 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
     assert transformed.ndim == 3 and transformed.shape[:2] == (SPAN * SPAN, in_ch), \
         f"transformed weight must be [36, {in_ch}, out], got {tuple(transformed.shape)}"
     u = transformed.to(x.dtype)
-    out_scale = None if out_scale is None else out_scale.to(x.dtype)
-    bias = None if bias is None else bias.to(x.dtype)
     out_ch = u.shape[2]
+    in_scale = None if in_scale is None else _per_sample(in_scale, batch, in_ch, "in_scale").to(x.dtype)
+    out_scale = None if out_scale is None else _per_sample(out_scale, batch, out_ch, "out_scale").to(x.dtype)
+    bias = None if bias is None else bias.to(x.dtype)
     bt, _, at = transform_matrices(x.dtype, x.device)
 
     top = 0 if halo_rows else 1
@@ -132,38 +134,41 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
     hp, wp = th * TILE + 2, tw * TILE + 2
     autograd = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, u, in_scale, out_scale, bias))
-    padded = x.new_zeros(hp, wp, in_ch)
+    padded = x.new_zeros(batch, hp, wp, in_ch)
+    x_nhwc = x.permute(0, 2, 3, 1)
+    inside = padded[:, top:top + h, 1:w + 1]
     if in_scale is None:
-        padded[top:top + h, 1:w + 1].copy_(x[0].permute(1, 2, 0))
+        inside.copy_(x_nhwc)
     elif autograd:
-        padded[top:top + h, 1:w + 1].copy_(x[0].permute(1, 2, 0) * in_scale.to(x.dtype))  # out= has no autograd
+        inside.copy_(x_nhwc * in_scale[:, None, None])  # out= has no autograd
     else:
-        torch.mul(x[0].permute(1, 2, 0), in_scale.to(x.dtype), out=padded[top:top + h, 1:w + 1])
-    # NHWC with a batch dimension, so that the NCHW view has the standard channels_last strides
-    # (libraries pick their kernels by the strides, of size-1 dimensions too).
-    out_nhwc = x.new_empty(1, th * TILE, tw * TILE, out_ch)
-    out = out_nhwc[0]
+        torch.mul(x_nhwc, in_scale[:, None, None], out=inside)
+    # NHWC, so that the NCHW view has the standard channels_last strides (libraries pick their
+    # kernels by the strides, of size-1 dimensions too).
+    out_nhwc = x.new_empty(batch, th * TILE, tw * TILE, out_ch)
 
     mst = MIN_STRIP_TILES if min_strip_tiles is None else min_strip_tiles
-    rows = max(-(-mst // tw), 1)
-    sh, sw, sc = padded.stride()
+    rows = max(-(-mst // (batch * tw)), 1)
+    sb, sh, sw, sc = padded.stride()
     for r0 in range(0, th, rows):
         r = min(rows, th - r0)
-        tiles = padded.as_strided((SPAN, SPAN, r, tw, in_ch), (sh, sw, TILE * sh, TILE * sw, sc),
+        tiles = padded.as_strided((SPAN, SPAN, batch, r, tw, in_ch), (sh, sw, sb, TILE * sh, TILE * sw, sc),
                                   padded.storage_offset() + r0 * TILE * sh)
-        d = tiles.reshape(SPAN * SPAN, r * tw * in_ch)                       # copy: [36, tiles*in]
-        v = (bt @ d).view(SPAN * SPAN, r * tw, in_ch)
-        m = torch.bmm(v, u).view(SPAN * SPAN, r * tw * out_ch)              # [36, tiles*out]
-        y = (at @ m).view(TILE, TILE, r, tw, out_ch)
-        strip = out[r0 * TILE:(r0 + r) * TILE].view(r, TILE, tw, TILE, out_ch)
-        y = y.permute(2, 0, 3, 1, 4)
+        n = batch * r * tw                                                   # tiles of the strip
+        d = tiles.reshape(SPAN * SPAN, n * in_ch)                            # copy: [36, tiles*in]
+        v = (bt @ d).view(SPAN * SPAN, n, in_ch)
+        m = torch.bmm(v, u).view(SPAN * SPAN, n * out_ch)                   # [36, tiles*out]
+        y = (at @ m).view(TILE, TILE, batch, r, tw, out_ch)
+        strip = out_nhwc[:, r0 * TILE:(r0 + r) * TILE].view(batch, r, TILE, tw, TILE, out_ch)
+        y = y.permute(2, 3, 0, 4, 1, 5)
+        scale = None if out_scale is None else out_scale[:, None, None, None, None]
         if autograd:  # out-of-place, so that autograd can follow
-            y = y if out_scale is None else y * out_scale
+            y = y if scale is None else y * scale
             strip.copy_(y if bias is None else y + bias)
             continue
         strip.copy_(y)
-        if out_scale is not None:  # while the strip is in cache
-            strip.mul_(out_scale)
+        if scale is not None:  # while the strip is in cache
+            strip.mul_(scale)
         if bias is not None:
             strip.add_(bias)
     out = out_nhwc.permute(0, 3, 1, 2)
@@ -171,6 +176,15 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
     if out.shape[2:] != (out_h, w):  # a fresh tensor, not a crop with the tiles' strides
         return out[:, :, :out_h, :w].clone(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return out if channels_last else out.contiguous()
+
+
+def _per_sample(scale: torch.Tensor, batch: int, channels: int, name: str) -> torch.Tensor:
+    """A per-channel factor as ``[B, C]`` (one ``[C]`` shared by the batch, or one row per sample)."""
+    if scale.ndim == 1:
+        scale = scale[None]
+    assert scale.ndim == 2 and scale.shape[1] == channels and scale.shape[0] in (1, batch), \
+        f"{name} must be [{channels}] or [{batch}, {channels}], got {tuple(scale.shape)}"
+    return scale.expand(batch, channels)
 
 
 def conv3x3_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
