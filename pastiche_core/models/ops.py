@@ -111,7 +111,11 @@ class EqualConv2d(DerivedWeights):
         if self.use_winograd(x):
             u = self.derived("winograd", self.weight, transform_weight)
             scale = torch.full((u.shape[2],), self.scale, dtype=x.dtype, device=x.device)
-            return conv3x3_winograd(x, None, self.bias, transformed=u, out_scale=scale)
+            if not torch.is_grad_enabled():  # one batched matmul; sample by sample where gradients may
+                return conv3x3_winograd(x, None, self.bias, transformed=u, out_scale=scale)  # flow (see stylegan2)
+            outs = [conv3x3_winograd(x[b: b + 1], None, self.bias, transformed=u, out_scale=scale)
+                    for b in range(x.shape[0])]
+            return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
         # the scaled weight is kept where it needs no gradient (DerivedWeights): the ModRes convolutions
         # at 4-8 px would otherwise write a 9 MB weight on every call
         weight = self.derived("scaled", self.weight, lambda w: w * self.scale) if self.fast else self.weight * self.scale

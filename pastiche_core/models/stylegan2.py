@@ -176,7 +176,14 @@ class ModulatedConv2d(DerivedWeights):
         transform, each sample's style on its maps, all samples' tiles in one batched matmul."""
         s, scale = self.activation_scales(style, gain)
         u = self.derived("winograd", self.weight[0], transform_weight)
-        return conv3x3_winograd(x, None, bias, transformed=u, in_scale=s, out_scale=scale)
+        if not torch.is_grad_enabled():
+            return conv3x3_winograd(x, None, bias, transformed=u, in_scale=s, out_scale=scale)
+        # Where gradients may flow, sample by sample as before batches shared the matmul: the
+        # refinement stages amplify rounding (one ulp in a gradient moves codes by 1e-2 six
+        # steps on), and a state written by earlier code must resume as it would have there.
+        outs = [conv3x3_winograd(x[b: b + 1], None, bias, transformed=u, in_scale=s[b], out_scale=scale[b])
+                for b in range(x.shape[0])]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
 
     def conv_batched(self, x: torch.Tensor, style: torch.Tensor, gain: float = 1.0,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
